@@ -1,0 +1,35 @@
+# Set-up and checks for a fresh machine with Python 3.11+.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint typecheck pytest demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check eventsourcing tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy eventsourcing
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q tests --ignore=tests/benchmarks
+
+test: lint typecheck pytest
+
+demo: $(STAMP)
+	$(BIN)/python -m eventsourcing.demo
+
+bench: $(STAMP)
+	$(BIN)/python tests/benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,43 @@
+"""A ``singledispatchmethod`` that can register handlers for classes defined later.
+
+Policies are written as one default method plus one handler per event type. With
+``from __future__ import annotations``, or when a handler names an event class defined further
+down the module, the annotation cannot be evaluated when ``register`` runs; such handlers are
+kept aside and registered the first time the method is looked up on an object.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["singledispatchmethod"]
+
+T = TypeVar("T")
+
+
+class singledispatchmethod(functools.singledispatchmethod, Generic[T]):  # type: ignore[type-arg]  # noqa: N801
+    """Dispatch a method on the type of its first argument after ``self``."""
+
+    def __init__(self, func: Callable[..., T]) -> None:
+        super().__init__(func)
+        self._deferred: list[Callable[..., Any]] = []
+
+    def register(self, cls: Any, method: Callable[..., Any] | None = None) -> Any:
+        """Register ``method`` (or the decorated function) for ``cls`` or its annotation."""
+        if method is not None or isinstance(cls, type):
+            return super().register(cls, method=method)
+        try:
+            return super().register(cls)
+        except (NameError, TypeError):
+            if not callable(cls):
+                raise
+            # The annotation names a class that does not exist yet: try again on first use.
+            self._deferred.append(cls)
+            return cls
+
+    def __get__(self, obj: Any, cls: type[Any] | None = None) -> Callable[..., T]:
+        while self._deferred:
+            super().register(self._deferred.pop(0))
+        return super().__get__(obj, cls)  # type: ignore[no-any-return]
