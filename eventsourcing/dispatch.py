@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 __all__ = ["singledispatchmethod"]
 
 T = TypeVar("T")
 
 
-class singledispatchmethod(functools.singledispatchmethod, Generic[T]):  # type: ignore[type-arg]  # noqa: N801
+if TYPE_CHECKING:
+    _Base = functools.singledispatchmethod[Any]
+else:
+    _Base = functools.singledispatchmethod
+
+
+class singledispatchmethod(_Base, Generic[T]):
     """Dispatch a method on the type of its first argument after ``self``."""
 
     def __init__(self, func: Callable[..., T]) -> None:
@@ -40,4 +46,4 @@ class singledispatchmethod(functools.singledispatchmethod, Generic[T]):  # type:
     def __get__(self, obj: Any, cls: type[Any] | None = None) -> Callable[..., T]:
         while self._deferred:
             super().register(self._deferred.pop(0))
-        return super().__get__(obj, cls)  # type: ignore[no-any-return]
+        return super().__get__(obj, cls)

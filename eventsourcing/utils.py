@@ -7,6 +7,7 @@ events name their classes, so they must keep resolving after code is renamed or 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import random
 import threading
@@ -63,10 +64,8 @@ def get_topic(obj: Any, /) -> str:
         pass
     topic = construct_topic(obj)
     register_topic(topic, obj)
-    try:
+    with contextlib.suppress(TypeError):  # unhashable objects are not memoised
         _object_topics[obj] = topic
-    except TypeError:  # unhashable
-        pass
     return topic
 
 
@@ -221,7 +220,7 @@ def strtobool(val: str) -> bool:
 
 def reversed_keys(d: Mapping[Any, Any]) -> Iterator[Any]:
     """Iterate over the keys of ``d`` in reverse insertion order."""
-    return reversed(list(d.keys()))
+    return iter(reversed(list(d.keys())))
 
 
 def get_method_name(method: Callable[..., Any]) -> str:
