@@ -1,0 +1,332 @@
+"""In-memory recorders ("plain old Python objects"): the default persistence module.
+
+Data sheet:
+
+* Configuration: ``PERSISTENCE_MODULE=eventsourcing.popo`` (the default). No other settings;
+  ``TRACKING_RECORDER_TOPIC`` may name a subclass of :class:`POPOTrackingRecorder`.
+* Each recorder instance is its own database: nothing is shared between instances and
+  nothing survives the process.
+* Guarantees: inserts are atomic and serialised by one lock per recorder; notification ids
+  are contiguous from 1 (an event's position in the log); tracking is single-row (only the
+  highest id per upstream application is kept, and it must increase).
+* Originator ids are compared by ``str()``, so a UUID and its string form collide.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from threading import Event, RLock
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    InfrastructureFactory,
+    IntegrityError,
+    ListenNotifySubscription,
+    Notification,
+    ProcessRecorder,
+    StoredEvent,
+    Subscription,
+    Tracking,
+    TrackingRecorder,
+)
+from eventsourcing.utils import resolve_topic
+
+__all__ = [
+    "Factory",
+    "POPOAggregateRecorder",
+    "POPOApplicationRecorder",
+    "POPOFactory",
+    "POPOProcessRecorder",
+    "POPORecorder",
+    "POPOSubscription",
+    "POPOTrackingRecorder",
+]
+
+
+class POPORecorder:
+    """Base of the in-memory recorders: one re-entrant lock guards all of a recorder's data."""
+
+    def __init__(self) -> None:
+        self._database_lock = RLock()
+
+
+class _Stream:
+    """One aggregate's events, kept sorted by version (with a parallel list of versions)."""
+
+    __slots__ = ("events", "versions")
+
+    def __init__(self) -> None:
+        self.versions: list[int] = []
+        self.events: list[StoredEvent] = []
+
+    def add(self, event: StoredEvent) -> None:
+        version = event.originator_version
+        if not self.versions or version > self.versions[-1]:
+            self.versions.append(version)
+            self.events.append(event)
+        else:  # out of order: rare, so the cost of inserting in the middle is fine
+            i = bisect_left(self.versions, version)
+            self.versions.insert(i, version)
+            self.events.insert(i, event)
+
+    def __contains__(self, version: int) -> bool:
+        i = bisect_left(self.versions, version)
+        return i < len(self.versions) and self.versions[i] == version
+
+
+class POPOAggregateRecorder(POPORecorder, AggregateRecorder):
+    """Keeps aggregate events in memory, indexed by originator id and version."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stored_events: list[StoredEvent] = []
+        self._streams: dict[str, _Stream] = {}
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Store all of ``stored_events`` or, on any version conflict, none of them."""
+        with self._database_lock:
+            self._check_insert(stored_events, **kwargs)
+            self._write(stored_events, **kwargs)
+        return None
+
+    def _check_insert(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        """Raise IntegrityError if any event's position is taken (in store or in batch)."""
+        streams = self._streams
+        batch: set[tuple[str, int]] = set()
+        for event in stored_events:
+            key = str(event.originator_id)
+            version = event.originator_version
+            stream = streams.get(key)
+            if (stream is not None and version in stream) or (key, version) in batch:
+                raise IntegrityError(
+                    f"Event already stored at position: originator_id {key!r}, "
+                    f"originator_version {version} (reload the aggregate and retry)"
+                )
+            batch.add((key, version))
+
+    def _write(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        streams = self._streams
+        for event in stored_events:
+            key = str(event.originator_id)
+            stream = streams.get(key)
+            if stream is None:
+                stream = streams[key] = _Stream()
+            stream.add(event)
+        self._stored_events.extend(stored_events)
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        """Return one aggregate's events with ``gt < version <= lte``, ordered by version."""
+        with self._database_lock:
+            stream = self._streams.get(str(originator_id))
+            if stream is None:
+                return []
+            versions = stream.versions
+            lo = 0 if gt is None else bisect_right(versions, gt)
+            hi = len(versions) if lte is None else bisect_right(versions, lte)
+            if not desc:
+                if limit is not None:
+                    hi = min(hi, lo + max(limit, 0))
+                return stream.events[lo:hi]
+            if limit is not None:
+                lo = max(lo, hi - max(limit, 0))
+            return stream.events[lo:hi][::-1]
+
+
+class POPOApplicationRecorder(POPOAggregateRecorder, ApplicationRecorder):
+    """Also numbers events in insertion order (ids from 1) and wakes subscriptions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._listeners: set[Event] = set()
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Store ``stored_events`` atomically and return their new notification ids."""
+        with self._database_lock:
+            self._check_insert(stored_events, **kwargs)
+            first = len(self._stored_events) + 1
+            self._write(stored_events, **kwargs)
+            ids = list(range(first, len(self._stored_events) + 1))
+        if ids:
+            self._notify_listeners()
+        return ids
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        """Return up to ``limit`` notifications from ``start`` to ``stop`` (ids from 1)."""
+        # Index i of the log holds notification id i + 1.
+        lo = 0 if start is None else max(start - 1 if inclusive_of_start else start, 0)
+        with self._database_lock:
+            log = self._stored_events
+            hi = len(log) if stop is None else min(len(log), max(stop, 0))
+            if not topics:
+                hi = min(hi, lo + max(limit, 0))
+                return [
+                    Notification(e.originator_id, e.originator_version, e.topic, e.state, i)
+                    for i, e in enumerate(log[lo:hi], start=lo + 1)
+                ]
+            wanted = set(topics)
+            notifications: list[Notification] = []
+            for i in range(lo, hi):
+                if len(notifications) >= limit:
+                    break
+                e = log[i]
+                if e.topic in wanted:
+                    notifications.append(
+                        Notification(e.originator_id, e.originator_version, e.topic, e.state, i + 1)
+                    )
+            return notifications
+
+    def max_notification_id(self) -> int | None:
+        """Return the number of stored events, or None if there are none."""
+        with self._database_lock:
+            return len(self._stored_events) or None
+
+    def subscribe(
+        self, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> Subscription[ApplicationRecorder]:
+        """Return a subscription to notifications after ``gt``, woken by inserts."""
+        return POPOSubscription(recorder=self, gt=gt, topics=topics)
+
+    def listen(self, event: Event) -> None:
+        """Set ``event`` after each insert, until :meth:`unlisten`."""
+        with self._database_lock:
+            self._listeners.add(event)
+
+    def unlisten(self, event: Event) -> None:
+        """Stop setting ``event`` after inserts."""
+        with self._database_lock:
+            self._listeners.discard(event)
+
+    def _notify_listeners(self) -> None:
+        with self._database_lock:
+            listeners = list(self._listeners)
+        for event in listeners:
+            event.set()
+
+
+class POPOSubscription(ListenNotifySubscription[POPOApplicationRecorder]):
+    """A subscription to a :class:`POPOApplicationRecorder`, woken by its inserts."""
+
+    def __init__(
+        self,
+        recorder: POPOApplicationRecorder,
+        gt: int | None = None,
+        topics: Sequence[str] = (),
+    ) -> None:
+        super().__init__(recorder=recorder, gt=gt, topics=topics)
+
+    def _listen(self) -> None:
+        self._recorder.listen(self._has_been_notified)
+
+    def stop(self) -> None:
+        """End the iteration and stop listening to the recorder."""
+        super().stop()
+        self._recorder.unlisten(self._has_been_notified)
+
+
+class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
+    """Keeps the highest processed notification id of each upstream application."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._max_tracking_ids: dict[str, int] = {}
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        """Record ``tracking``; raise IntegrityError unless it is beyond the recorded one."""
+        with self._database_lock:
+            self._check_tracking(tracking)
+            self._write_tracking(tracking)
+
+    def _check_tracking(self, tracking: Tracking) -> None:
+        current = self._max_tracking_ids.get(tracking.application_name)
+        if current is not None and tracking.notification_id <= current:
+            raise IntegrityError(
+                f"Tracking for application '{tracking.application_name}' is already at "
+                f"notification {current}, so can't record {tracking.notification_id} "
+                "(each notification is processed once, in order)"
+            )
+
+    def _write_tracking(self, tracking: Tracking) -> None:
+        self._max_tracking_ids[tracking.application_name] = tracking.notification_id
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        """Return the highest recorded notification id of ``application_name``, or None."""
+        with self._database_lock:
+            return self._max_tracking_ids.get(application_name)
+
+
+class POPOProcessRecorder(POPOTrackingRecorder, POPOApplicationRecorder, ProcessRecorder):
+    """Records new events and the tracking position together, atomically."""
+
+    def _check_insert(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        super()._check_insert(stored_events, **kwargs)
+        tracking: Tracking | None = kwargs.get("tracking")
+        if tracking is not None:
+            self._check_tracking(tracking)
+
+    def _write(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        super()._write(stored_events, **kwargs)
+        tracking: Tracking | None = kwargs.get("tracking")
+        if tracking is not None:
+            self._write_tracking(tracking)
+
+
+class POPOFactory(InfrastructureFactory[POPOTrackingRecorder]):
+    """Builds in-memory recorders; each call returns a new, empty recorder."""
+
+    def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+        """Return a new aggregate recorder (``purpose`` needs no table name here)."""
+        return POPOAggregateRecorder()
+
+    def application_recorder(self) -> ApplicationRecorder:
+        """Return a new application recorder."""
+        return POPOApplicationRecorder()
+
+    def tracking_recorder(
+        self, tracking_recorder_class: type[POPOTrackingRecorder] | None = None
+    ) -> POPOTrackingRecorder:
+        """Return a new tracking recorder: the given class, ``TRACKING_RECORDER_TOPIC``'s, or
+        :class:`POPOTrackingRecorder`."""
+        if tracking_recorder_class is None:
+            topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
+            tracking_recorder_class = resolve_topic(topic) if topic else POPOTrackingRecorder
+        if not (
+            isinstance(tracking_recorder_class, type)
+            and issubclass(tracking_recorder_class, POPOTrackingRecorder)
+        ):
+            raise TypeError(
+                f"Tracking recorder class {tracking_recorder_class!r} (from argument or "
+                f"environment variable '{self.TRACKING_RECORDER_TOPIC}') is not a subclass "
+                f"of {POPOTrackingRecorder}"
+            )
+        return tracking_recorder_class()
+
+    def process_recorder(self) -> ProcessRecorder:
+        """Return a new process recorder."""
+        return POPOProcessRecorder()
+
+
+Factory = POPOFactory
