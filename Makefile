@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check eventsourcing tests
+	$(BIN)/ruff check eventsourcing examples tests
 
 typecheck: $(STAMP)
-	$(BIN)/mypy eventsourcing
+	$(BIN)/mypy eventsourcing examples
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q tests --ignore=tests/benchmarks
@@ -26,7 +26,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 demo: $(STAMP)
-	$(BIN)/python -m eventsourcing.demo
+	$(BIN)/python -m examples.dogschool
 
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/run.py

@@ -1,0 +1,1 @@
+"""The Dog School: the smallest complete event-sourced application (the README synopsis)."""
