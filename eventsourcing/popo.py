@@ -9,13 +9,15 @@ Data sheet:
 * Guarantees: inserts are atomic and serialised by one lock per recorder; notification ids
   are contiguous from 1 (an event's position in the log); tracking is single-row (only the
   highest id per upstream application is kept, and it must increase).
-* Originator ids are compared by ``str()``, so a UUID and its string form collide.
+* Originator ids are compared by ``str()``, so a UUID and its string form name the same
+  aggregate (their events collide).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+from functools import lru_cache
 from threading import Event, RLock
 from typing import Any
 from uuid import UUID
@@ -47,6 +49,30 @@ __all__ = [
 ]
 
 
+def _position_key(originator_id: UUID | str) -> UUID | str:
+    """Return the key under which an aggregate's events are indexed.
+
+    Ids are compared as ``str(originator_id)`` would compare them, but a UUID is its own
+    key: hashing a UUID is ten times cheaper than formatting it as a string.
+    """
+    if type(originator_id) is UUID:
+        return originator_id
+    return _str_key(str(originator_id))
+
+
+@lru_cache(maxsize=4096)
+def _str_key(originator_id: str) -> UUID | str:
+    # A string in the canonical form of a UUID names the same aggregate as that UUID.
+    if len(originator_id) == 36:
+        try:
+            as_uuid = UUID(originator_id)
+        except ValueError:
+            return originator_id
+        if str(as_uuid) == originator_id:
+            return as_uuid
+    return originator_id
+
+
 class POPORecorder:
     """Base of the in-memory recorders: one re-entrant lock guards all of a recorder's data."""
 
@@ -63,19 +89,23 @@ class _Stream:
         self.versions: list[int] = []
         self.events: list[StoredEvent] = []
 
+    def has_version(self, version: int) -> bool:
+        versions = self.versions
+        if not versions or version > versions[-1]:
+            return False  # the usual case: a new version after the last one
+        i = bisect_left(versions, version)
+        return versions[i] == version
+
     def add(self, event: StoredEvent) -> None:
         version = event.originator_version
-        if not self.versions or version > self.versions[-1]:
-            self.versions.append(version)
+        versions = self.versions
+        if not versions or version > versions[-1]:
+            versions.append(version)
             self.events.append(event)
-        else:  # out of order: rare, so the cost of inserting in the middle is fine
-            i = bisect_left(self.versions, version)
-            self.versions.insert(i, version)
+        else:  # out of order: rare, so inserting in the middle is fine
+            i = bisect_left(versions, version)
+            versions.insert(i, version)
             self.events.insert(i, event)
-
-    def __contains__(self, version: int) -> bool:
-        i = bisect_left(self.versions, version)
-        return i < len(self.versions) and self.versions[i] == version
 
 
 class POPOAggregateRecorder(POPORecorder, AggregateRecorder):
@@ -84,36 +114,49 @@ class POPOAggregateRecorder(POPORecorder, AggregateRecorder):
     def __init__(self) -> None:
         super().__init__()
         self._stored_events: list[StoredEvent] = []
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[UUID | str, _Stream] = {}
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         """Store all of ``stored_events`` or, on any version conflict, none of them."""
+        keys = [_position_key(e.originator_id) for e in stored_events]
         with self._database_lock:
-            self._check_insert(stored_events, **kwargs)
-            self._write(stored_events, **kwargs)
+            self._check_insert(stored_events, keys, **kwargs)
+            self._write(stored_events, keys, **kwargs)
         return None
 
-    def _check_insert(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
-        """Raise IntegrityError if any event's position is taken (in store or in batch)."""
-        streams = self._streams
-        batch: set[tuple[str, int]] = set()
-        for event in stored_events:
-            key = str(event.originator_id)
-            version = event.originator_version
-            stream = streams.get(key)
-            if (stream is not None and version in stream) or (key, version) in batch:
-                raise IntegrityError(
-                    f"Event already stored at position: originator_id {key!r}, "
-                    f"originator_version {version} (reload the aggregate and retry)"
-                )
-            batch.add((key, version))
+    def _check_insert(
+        self, stored_events: Sequence[StoredEvent], keys: list[UUID | str], **kwargs: Any
+    ) -> None:
+        """Raise IntegrityError if any event's position is taken (in store or in batch).
 
-    def _write(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        ``keys`` are the events' originator ids as :func:`_position_key` makes them.
+        """
         streams = self._streams
-        for event in stored_events:
-            key = str(event.originator_id)
+        for key, event in zip(keys, stored_events, strict=True):
+            stream = streams.get(key)
+            if stream is not None and stream.has_version(event.originator_version):
+                raise IntegrityError(
+                    f"Event already stored at position: originator_id '{key}', "
+                    f"originator_version {event.originator_version} (reload the aggregate "
+                    "and retry)"
+                )
+        if len(stored_events) > 1:
+            positions = {
+                (k, e.originator_version) for k, e in zip(keys, stored_events, strict=True)
+            }
+            if len(positions) < len(stored_events):
+                raise IntegrityError(
+                    f"Batch of {len(stored_events)} events repeats a position "
+                    "(originator_id, originator_version): each event needs its own version"
+                )
+
+    def _write(
+        self, stored_events: Sequence[StoredEvent], keys: list[UUID | str], **kwargs: Any
+    ) -> None:
+        streams = self._streams
+        for key, event in zip(keys, stored_events, strict=True):
             stream = streams.get(key)
             if stream is None:
                 stream = streams[key] = _Stream()
@@ -131,7 +174,7 @@ class POPOAggregateRecorder(POPORecorder, AggregateRecorder):
     ) -> Sequence[StoredEvent]:
         """Return one aggregate's events with ``gt < version <= lte``, ordered by version."""
         with self._database_lock:
-            stream = self._streams.get(str(originator_id))
+            stream = self._streams.get(_position_key(originator_id))
             if stream is None:
                 return []
             versions = stream.versions
@@ -157,12 +200,13 @@ class POPOApplicationRecorder(POPOAggregateRecorder, ApplicationRecorder):
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         """Store ``stored_events`` atomically and return their new notification ids."""
+        keys = [_position_key(e.originator_id) for e in stored_events]
         with self._database_lock:
-            self._check_insert(stored_events, **kwargs)
+            self._check_insert(stored_events, keys, **kwargs)
             first = len(self._stored_events) + 1
-            self._write(stored_events, **kwargs)
-            ids = list(range(first, len(self._stored_events) + 1))
-        if ids:
+            self._write(stored_events, keys, **kwargs)
+            ids = list(range(first, first + len(stored_events)))
+        if ids and self._listeners:
             self._notify_listeners()
         return ids
 
@@ -281,14 +325,18 @@ class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
 class POPOProcessRecorder(POPOTrackingRecorder, POPOApplicationRecorder, ProcessRecorder):
     """Records new events and the tracking position together, atomically."""
 
-    def _check_insert(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
-        super()._check_insert(stored_events, **kwargs)
+    def _check_insert(
+        self, stored_events: Sequence[StoredEvent], keys: list[UUID | str], **kwargs: Any
+    ) -> None:
+        super()._check_insert(stored_events, keys, **kwargs)
         tracking: Tracking | None = kwargs.get("tracking")
         if tracking is not None:
             self._check_tracking(tracking)
 
-    def _write(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
-        super()._write(stored_events, **kwargs)
+    def _write(
+        self, stored_events: Sequence[StoredEvent], keys: list[UUID | str], **kwargs: Any
+    ) -> None:
+        super()._write(stored_events, keys, **kwargs)
         tracking: Tracking | None = kwargs.get("tracking")
         if tracking is not None:
             self._write_tracking(tracking)
