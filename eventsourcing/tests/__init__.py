@@ -1,0 +1,1 @@
+"""Reusable test cases and example models, importable by extensions and backend test suites."""
