@@ -31,7 +31,8 @@ from abc import ABCMeta
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from types import FunctionType
+from operator import itemgetter
+from types import FunctionType, MethodType
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -239,7 +240,45 @@ class MetaDomainEvent(EventsourcingType):
         cls: Any = super().__new__(mcs, name, bases, namespace, **kwargs)
         dataclass(frozen=True)(cls)
         cls.__signature__ = inspect.signature(cls.__init__)
+        if "__init__" not in namespace:  # an __init__ written by hand stays as it is
+            _speed_up_frozen_init(cls)
         return cast(MetaDomainEvent, cls)
+
+
+def _is_plain_field(f: dataclasses.Field[Any]) -> bool:
+    """True for a field that ``__init__`` takes as a parameter and stores as it is."""
+    kind = getattr(f, "_field_type", None)
+    return f.init and f.default_factory is dataclasses.MISSING and kind is dataclasses._FIELD  # type: ignore[attr-defined]
+
+
+def _speed_up_frozen_init(cls: Any) -> None:
+    """Replace a frozen dataclass's ``__init__`` by one that fills ``__dict__`` directly.
+
+    The generated ``__init__`` of a frozen dataclass goes through ``object.__setattr__``
+    for every field; events are constructed for every command and every replayed event,
+    so this halves the cost. Classes with fields that are not plain parameters keep the
+    generated ``__init__``.
+    """
+    fields = dataclasses.fields(cls)
+    if not all(_is_plain_field(f) for f in fields):
+        return
+    defaults = {
+        f"__default_{f.name}": f.default for f in fields if f.default is not dataclasses.MISSING
+    }
+    params = ", ".join(
+        f.name if f.default is dataclasses.MISSING else f"{f.name}=__default_{f.name}"
+        for f in fields
+    )
+    body = "".join(f"    d[{f.name!r}] = {f.name}\n" for f in fields)
+    if hasattr(cls, "__post_init__"):
+        body += "    self.__post_init__()\n"
+    source = f"def __init__(self, {params}):\n    d = self.__dict__\n{body}"
+    namespace: dict[str, Any] = dict(defaults)
+    exec(source, namespace)  # built from the dataclass's own field names
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    cls.__init__ = init
 
 
 _original_process_class = dataclasses._process_class  # type: ignore[attr-defined]
@@ -292,6 +331,21 @@ class CanMutateAggregate(HasOriginatorIDVersion[TAggregateID], CanCreateTimestam
 
     def mutate(self, aggregate: Any) -> Any:
         """Apply this event to ``aggregate``, then advance its version; return it."""
+        if not isinstance(aggregate, BaseAggregate):
+            return self._mutate_any(aggregate)
+        # Hot path: read and write BaseAggregate's attributes directly, not via properties.
+        state = aggregate.__dict__
+        if self.originator_id != state["_id"]:
+            raise OriginatorIDError(self.originator_id, state["_id"])
+        next_version = state["_version"] + 1
+        if self.originator_version != next_version:
+            raise OriginatorVersionError(self.originator_version, next_version)
+        self.apply(aggregate)
+        state["_version"] = next_version
+        state["_modified_on"] = self.timestamp
+        return aggregate
+
+    def _mutate_any(self, aggregate: Any) -> Any:
         if self.originator_id != aggregate.id:
             raise OriginatorIDError(self.originator_id, aggregate.id)
         next_version = aggregate.version + 1
@@ -466,6 +520,29 @@ def _make_binder(func: Callable[..., Any], qualname: str, leading: tuple[str, ..
     return binder
 
 
+def _as_static(func: Callable[..., Any] | None) -> Any:
+    return None if func is None else staticmethod(func)
+
+
+def _positional_args_getter(
+    func: Callable[..., Any],
+) -> Callable[[dict[str, Any]], tuple[Any, ...]] | None:
+    """Return a function that picks ``func``'s arguments (after self) from a dict, in order.
+
+    None when a parameter is keyword-only, so it must be passed by name.
+    """
+    params = list(inspect.signature(func).parameters.values())[1:]
+    if any(p.kind is not p.POSITIONAL_OR_KEYWORD for p in params):
+        return None
+    names = [p.name for p in params]
+    if not names:
+        return lambda _: ()
+    if len(names) == 1:
+        name = names[0]
+        return lambda state: (state[name],)
+    return cast(Callable[[dict[str, Any]], tuple[Any, ...]], itemgetter(*names))
+
+
 def _field_annotations(func: Callable[..., Any], skip: Iterable[str] = ()) -> dict[str, Any]:
     """Return event field annotations for the parameters of ``func`` after ``self``."""
     annotations: dict[str, Any] = {}
@@ -494,11 +571,16 @@ class DecoratedFuncCaller(CanMutateAggregate[TAggregateID], AbstractDecoratedFun
 
     _decorated_func: ClassVar[CallableType]
     _decorated_params: ClassVar[tuple[str, ...]]
+    _decorated_args: ClassVar[Any]  # picks the positional arguments, or None
 
     def apply(self, aggregate: Any) -> None:
         """Run the decorated method's body with this event's values as its arguments."""
         state = self.__dict__
-        self._decorated_func(aggregate, **{k: state[k] for k in self._decorated_params})
+        get_args = self._decorated_args
+        if get_args is not None:  # all parameters can be passed by position: cheaper
+            self._decorated_func(aggregate, *get_args(state))
+        else:
+            self._decorated_func(aggregate, **{k: state[k] for k in self._decorated_params})
 
 
 class CommandMethodDecorator:
@@ -526,54 +608,62 @@ class CommandMethodDecorator:
         self.decorated_func: Callable[..., Any] = decorated
         self.is_name_inferred_from_method = event_name is None and event_class is None
         self.event_cls: type[DecoratedFuncCaller[Any]] | None = None
-        self._binder: Any = None
-        self._field_names: frozenset[str] | None = None
+        self._trigger: Callable[..., None] | None = None
         all_func_decorators.append(self)
 
     def bind_event_class(self, event_cls: type[DecoratedFuncCaller[Any]]) -> None:
         """Link this decorator to the event class made for it at class creation."""
         self.event_cls = event_cls
-        func = self.decorated_func
-        if func.__name__ != "__init__":
-            self._binder = _make_binder(func, func.__qualname__)
-            names = frozenset(f.name for f in dataclasses.fields(event_cls))  # type: ignore[arg-type]
-            params = frozenset(list(inspect.signature(func).parameters)[1:])
-            # Skip filtering (a dict copy per call) when every parameter is a field.
-            self._field_names = None if params <= names else names
         decorated_func_callers[self] = event_cls
-        decorated_funcs[event_cls] = func
+        decorated_funcs[event_cls] = self.decorated_func
+        if self.decorated_func.__name__ not in ("__init__", "_"):
+            self._trigger = self._make_trigger(event_cls)
+
+    def _make_trigger(self, event_cls: type[Any]) -> Callable[..., None]:
+        """Return ``trigger(aggregate, *args, **kwargs)``, specialised for speed."""
+        func = self.decorated_func
+        binder = _make_binder(func, func.__qualname__)
+        names = frozenset(f.name for f in dataclasses.fields(event_cls))
+        params = frozenset(list(inspect.signature(func).parameters)[1:])
+        if params <= names:
+
+            def trigger(aggregate: Any, *args: Any, **kwargs: Any) -> None:
+                aggregate.trigger_event(event_cls, **binder(None, *args, **kwargs))
+
+        else:  # parameters that are not event fields are dropped
+
+            def trigger(aggregate: Any, *args: Any, **kwargs: Any) -> None:
+                bound = binder(None, *args, **kwargs)
+                aggregate.trigger_event(
+                    event_cls, **{k: v for k, v in bound.items() if k in names}
+                )
+
+        return trigger
 
     def trigger(self, aggregate: Any, *args: Any, **kwargs: Any) -> None:
         """Bind the arguments like Python does, then trigger the event on ``aggregate``."""
-        if self.event_cls is None or self._binder is None:
+        if self._trigger is None:
             raise ProgrammingError(
                 f"{self.decorated_func.__qualname__} was decorated with @event outside an "
                 "aggregate class: decorate methods of Aggregate subclasses only"
             )
-        bound = self._binder(None, *args, **kwargs)
-        if self._field_names is not None:
-            bound = {k: v for k, v in bound.items() if k in self._field_names}
-        aggregate.trigger_event(self.event_cls, **bound)
+        self._trigger(aggregate, *args, **kwargs)
 
     def __call__(self, aggregate: Any, *args: Any, **kwargs: Any) -> None:
         # Called directly as a property's fset, or unbound through the class.
         self.trigger(aggregate, *args, **kwargs)
 
-    @overload
-    def __get__(self, instance: None, owner: type) -> UnboundCommandMethodDecorator: ...
-
-    @overload
-    def __get__(self, instance: Any, owner: type) -> BoundCommandMethodDecorator: ...
-
-    def __get__(
-        self, instance: Any, owner: type
-    ) -> BoundCommandMethodDecorator | UnboundCommandMethodDecorator | Callable[..., Any]:
-        if self.decorated_func.__name__ == "_":
+    def __get__(self, instance: Any, owner: type) -> Callable[..., Any]:
+        trigger = self._trigger
+        if trigger is not None and instance is not None:
+            return MethodType(trigger, instance)  # a C-level bound method: cheap to call
+        name = self.decorated_func.__name__
+        if name == "_":
             raise ProgrammingError(
                 "Underscore 'non-command' methods cannot be used to trigger events."
             )
-        if self.decorated_func.__name__ == "__init__":
-            return self.decorated_func.__get__(instance, owner)  # type: ignore[no-any-return]
+        if name == "__init__":
+            return cast(Callable[..., Any], self.decorated_func.__get__(instance, owner))
         if instance is None:
             return UnboundCommandMethodDecorator(self)
         return BoundCommandMethodDecorator(self, instance)
@@ -669,6 +759,19 @@ class MetaAggregate(EventsourcingType, ABCMeta):
         return cls._create(created, **binder(None, *args, **kwargs))
 
 
+_create_id_params_cache: dict[type, frozenset[str]] = {}
+
+
+def _create_id_params(cls: type[BaseAggregate[Any]]) -> frozenset[str]:
+    """Return the names of the parameters of ``cls.create_id`` (cached: it is per create)."""
+    try:
+        return _create_id_params_cache[cls]
+    except KeyError:
+        params = frozenset(inspect.signature(cls.create_id).parameters)
+        _create_id_params_cache[cls] = params
+        return params
+
+
 def _no_created_class_message(cls: type) -> str:
     names = cls.__dict__.get("_created_event_candidates", ())
     if len(names) > 1:
@@ -737,7 +840,7 @@ class BaseAggregate(Generic[TAggregateID], metaclass=MetaAggregate):
 
     @classmethod
     def _new_id(cls, kwargs: dict[str, Any]) -> UUID | str:
-        params = inspect.signature(cls.create_id).parameters
+        params = _create_id_params(cls)
         try:
             new_id = cls.create_id(**{k: v for k, v in kwargs.items() if k in params})
         except NotImplementedError:
@@ -1072,6 +1175,7 @@ def _decorated_event_class(
         "__annotations__": _field_annotations(func),
         "_decorated_func": staticmethod(func),
         "_decorated_params": tuple(list(inspect.signature(func).parameters)[1:]),
+        "_decorated_args": _as_static(_positional_args_getter(func)),
     }
     if decorator.topic is not None:
         namespace["TOPIC"] = decorator.topic
