@@ -817,8 +817,9 @@ class Application(Generic[TAggregateID]):
         snapshot_class = getattr(type(aggregate), "Snapshot", type(self).snapshot_class)
         if snapshot_class is None:
             msg = (
-                f"No snapshot class for {type(aggregate)}: define a nested 'Snapshot' class "
-                f"on it, or set 'snapshot_class' on {type(self)}."
+                "Neither application nor aggregate have a snapshot class. Define a nested "
+                f"'Snapshot' class on {type(aggregate)}, or set 'snapshot_class' on "
+                f"{type(self)}."
             )
             raise AssertionError(msg)
         self.snapshots.put([snapshot_class.take(aggregate)])

@@ -1022,6 +1022,27 @@ def test_event_sourced_log(env: dict[str, str]) -> None:
         app.close()
 
 
+class Credited(NameLogged):
+    """A log entry of a subclass of the logged class."""
+
+
+def test_event_sourced_log_subclass_triggers_other_event_classes(env: dict[str, str]) -> None:
+    class NameLog(EventSourcedLog[NameLogged]):
+        def credited(self, name: str) -> Credited:
+            return self._trigger_event(logged_cls=Credited, name=name)
+
+    app = DogSchool(env=env)
+    try:
+        log = NameLog(events=app.events, originator_id=uuid4(), logged_cls=NameLogged)
+        app.save(log.trigger_event(name="plain"))
+        entry = log.credited("special")
+        assert isinstance(entry, Credited) and entry.originator_version == 2
+        app.save(entry)
+        assert [type(e) for e in log.get()] == [NameLogged, Credited]
+    finally:
+        app.close()
+
+
 # ---------------------------------------------------------------------------
 # Lifecycle
 
