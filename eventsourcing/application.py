@@ -232,7 +232,7 @@ class Repository(Generic[TAggregateID]):
         """Read aggregates from ``event_store`` (and ``snapshot_store``, if given)."""
         self.event_store = event_store
         self.snapshot_store = snapshot_store
-        self.cache: Cache[TAggregateID, MutableOrImmutableAggregate] | None
+        self.cache: Cache[TAggregateID, Any] | None
         if cache_maxsize is None:
             self.cache = None
         elif cache_maxsize <= 0:
@@ -255,10 +255,12 @@ class Repository(Generic[TAggregateID]):
         aggregate_id: TAggregateID,
         *,
         version: int | None = None,
-        projector_func: ProjectorFunction[Any, Any] = project_aggregate,
+        projector_func: ProjectorFunction[
+            TMutableOrImmutableAggregate, TDomainEvent
+        ] = project_aggregate,
         fastforward_skipping: bool = False,
         deepcopy_from_cache: bool = True,
-    ) -> Any:
+    ) -> TMutableOrImmutableAggregate:
         """Return the aggregate with ``aggregate_id``, at ``version`` if given.
 
         Raises :class:`AggregateNotFoundError` when there is nothing to rebuild it from.
@@ -268,7 +270,7 @@ class Repository(Generic[TAggregateID]):
             return self._reconstruct_aggregate(aggregate_id, version, projector_func)
         copy = deepcopy_from_cache and self.deepcopy_from_cache
         try:
-            aggregate = cache.get(aggregate_id)
+            aggregate: TMutableOrImmutableAggregate = cache.get(aggregate_id)
         except KeyError:
             aggregate = self._reconstruct_aggregate(aggregate_id, None, projector_func)
             cache.put(aggregate_id, aggregate)
@@ -290,9 +292,10 @@ class Repository(Generic[TAggregateID]):
         self,
         aggregate_id: TAggregateID,
         version: int | None,
-        projector_func: ProjectorFunction[Any, Any],
-    ) -> Any:
-        aggregate = projector_func(None, self._select_history(aggregate_id, version))
+        projector_func: ProjectorFunction[TMutableOrImmutableAggregate, TDomainEvent],
+    ) -> TMutableOrImmutableAggregate:
+        history = cast("Iterable[TDomainEvent]", self._select_history(aggregate_id, version))
+        aggregate = projector_func(None, history)
         if aggregate is None:
             msg = f"Aggregate {aggregate_id!r} version {version!r} not found."
             raise AggregateNotFoundError(msg)
@@ -317,11 +320,11 @@ class Repository(Generic[TAggregateID]):
     def _fastforward(
         self,
         aggregate_id: TAggregateID,
-        aggregate: Any,
-        projector_func: ProjectorFunction[Any, Any],
+        aggregate: TMutableOrImmutableAggregate,
+        projector_func: ProjectorFunction[TMutableOrImmutableAggregate, TDomainEvent],
         skipping: bool,
         copy: bool,
-    ) -> Any:
+    ) -> TMutableOrImmutableAggregate:
         """Apply stored events newer than the cached aggregate, under the aggregate's lock.
 
         The copy is taken while the lock is held, so it never sees a half-applied event.
@@ -342,11 +345,12 @@ class Repository(Generic[TAggregateID]):
     def _apply_newer_events(
         self,
         aggregate_id: TAggregateID,
-        aggregate: Any,
-        projector_func: ProjectorFunction[Any, Any],
-    ) -> Any:
-        new_events = self.event_store.get(originator_id=aggregate_id, gt=aggregate.version)
-        result = projector_func(aggregate, new_events)
+        aggregate: TMutableOrImmutableAggregate,
+        projector_func: ProjectorFunction[TMutableOrImmutableAggregate, TDomainEvent],
+    ) -> TMutableOrImmutableAggregate:
+        version = cast("MutableOrImmutableAggregate", aggregate).version
+        new_events = self.event_store.get(originator_id=aggregate_id, gt=version)
+        result = projector_func(aggregate, cast("Iterable[TDomainEvent]", new_events))
         if result is None:
             msg = f"Aggregate {aggregate_id!r} version None not found."
             raise AggregateNotFoundError(msg)

@@ -12,6 +12,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +32,16 @@ from eventsourcing.application import (
     Section,
     project_aggregate,
 )
-from eventsourcing.domain import Aggregate, DomainEvent, Snapshot, event
+from eventsourcing.domain import (
+    Aggregate,
+    BaseAggregate,
+    CanInitAggregate,
+    CanMutateAggregate,
+    DomainEvent,
+    MetaDomainEvent,
+    Snapshot,
+    event,
+)
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording, Tracking
 from eventsourcing.tests import application as reusable
 from eventsourcing.tests.application import BankAccounts
@@ -1090,5 +1100,57 @@ def test_bank_account_example_rules(env: dict[str, str]) -> None:
         with pytest.raises(AccountClosedError):
             account.append_transaction(Decimal("1.00"))
         assert isinstance(account, BankAccount)
+    finally:
+        app.close()
+
+
+# ---------------------------------------------------------------------------
+# String aggregate ids
+
+
+class StrAggregate(BaseAggregate[str]):
+    """Base of aggregates with string ids."""
+
+    class Event(CanMutateAggregate[str], metaclass=MetaDomainEvent):
+        originator_id: str
+        originator_version: int
+        timestamp: datetime
+
+    class Created(Event, CanInitAggregate[str]):
+        originator_topic: str
+
+
+class Account(StrAggregate):
+    """An account whose id is derived from its number."""
+
+    @staticmethod
+    def create_id(number: str) -> str:
+        return f"account-{number}"
+
+    def __init__(self, number: str) -> None:
+        self.number = number
+        self.balance = 0
+
+    @event("Deposited")
+    def deposit(self, amount: int) -> None:
+        self.balance += amount
+
+
+class Ledger(Application[str]):
+    """An application of aggregates with string ids."""
+
+
+def test_string_aggregate_ids(env: dict[str, str]) -> None:
+    app = Ledger(env={**env, "ORIGINATOR_ID_TYPE": "text"})
+    try:
+        account = Account("42")
+        account.deposit(5)
+        app.save(account)
+        copy: Account = app.repository.get("account-42")
+        assert (copy.id, copy.balance, copy.version) == ("account-42", 5, 2)
+        assert app.notification_log["1,10"].items[0].originator_id == "account-42"
+        with pytest.raises(AggregateNotFoundError) as info:
+            app.repository.get("account-43")
+        assert str(info.value) == "Aggregate 'account-43' version None not found."
     finally:
         app.close()
