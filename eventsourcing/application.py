@@ -815,7 +815,7 @@ class Application(Generic[TAggregateID]):
                 "application class."
             )
             raise AssertionError(msg)
-        aggregate = self._repository.get(
+        aggregate = self.repository.get(
             aggregate_id, version=version, projector_func=projector_func
         )
         snapshot_class = getattr(type(aggregate), "Snapshot", type(self).snapshot_class)
