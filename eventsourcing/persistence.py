@@ -1411,10 +1411,8 @@ class ListenNotifySubscription(Subscription[TApplicationRecorder_co]):
         """Arrange for ``_has_been_notified`` to be set when new events are committed."""
 
     def __exit__(self, *args: object, **kwargs: Any) -> None:
-        try:
-            super().__exit__(*args, **kwargs)
-        finally:
-            self._pull_thread.join()
+        super().__exit__(*args, **kwargs)  # stops, unless it was never entered
+        self._pull_thread.join()
 
     def stop(self) -> None:
         """End the iteration and the pull thread."""
