@@ -194,6 +194,7 @@ class POPOApplicationRecorder(POPOAggregateRecorder, ApplicationRecorder):
 
     def __init__(self) -> None:
         super().__init__()
+        self._notifications: list[Notification] = []
         self._listeners: set[Event] = set()
 
     def insert_events(
@@ -223,25 +224,34 @@ class POPOApplicationRecorder(POPOAggregateRecorder, ApplicationRecorder):
         # Index i of the log holds notification id i + 1.
         lo = 0 if start is None else max(start - 1 if inclusive_of_start else start, 0)
         with self._database_lock:
-            log = self._stored_events
-            hi = len(log) if stop is None else min(len(log), max(stop, 0))
+            count = len(self._stored_events)
+            hi = count if stop is None else min(count, max(stop, 0))
             if not topics:
                 hi = min(hi, lo + max(limit, 0))
-                return [
-                    Notification(e.originator_id, e.originator_version, e.topic, e.state, i)
-                    for i, e in enumerate(log[lo:hi], start=lo + 1)
-                ]
+                return self._notifications_up_to(hi)[lo:hi]
             wanted = set(topics)
-            notifications: list[Notification] = []
-            for i in range(lo, hi):
-                if len(notifications) >= limit:
+            matching: list[Notification] = []
+            for notification in self._notifications_up_to(hi)[lo:hi]:
+                if len(matching) >= limit:
                     break
-                e = log[i]
-                if e.topic in wanted:
-                    notifications.append(
-                        Notification(e.originator_id, e.originator_version, e.topic, e.state, i + 1)
-                    )
-            return notifications
+                if notification.topic in wanted:
+                    matching.append(notification)
+            return matching
+
+    def _notifications_up_to(self, hi: int) -> list[Notification]:
+        """Return the cached notifications, made for at least the first ``hi`` events.
+
+        Notifications are made when first selected rather than when inserted: saving stays
+        cheap, and pages read again (by each follower, or each pass) are plain list slices.
+        """
+        cache = self._notifications
+        made = len(cache)
+        if made < hi:
+            cache.extend(
+                Notification(e.originator_id, e.originator_version, e.topic, e.state, i)
+                for i, e in enumerate(self._stored_events[made:hi], start=made + 1)
+            )
+        return cache
 
     def max_notification_id(self) -> int | None:
         """Return the number of stored events, or None if there are none."""
