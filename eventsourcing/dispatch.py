@@ -9,8 +9,10 @@ kept aside and registered the first time the method is looked up on an object.
 from __future__ import annotations
 
 import functools
+import threading
+import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 __all__ = ["singledispatchmethod"]
 
@@ -29,6 +31,20 @@ class singledispatchmethod(_Base, Generic[T]):
     def __init__(self, func: Callable[..., T]) -> None:
         super().__init__(func)
         self._deferred: list[Callable[..., Any]] = []
+        self._deferred_lock = threading.Lock()
+
+    @overload
+    def register(
+        self, cls: type[Any] | types.UnionType, method: None = None
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]: ...
+
+    @overload
+    def register(self, cls: Callable[..., T], method: None = None) -> Callable[..., T]: ...
+
+    @overload
+    def register(
+        self, cls: type[Any] | types.UnionType, method: Callable[..., T]
+    ) -> Callable[..., T]: ...
 
     def register(self, cls: Any, method: Callable[..., Any] | None = None) -> Any:
         """Register ``method`` (or the decorated function) for ``cls`` or its annotation."""
@@ -44,6 +60,11 @@ class singledispatchmethod(_Base, Generic[T]):
             return cls
 
     def __get__(self, obj: Any, cls: type[Any] | None = None) -> Callable[..., T]:
-        while self._deferred:
-            super().register(self._deferred.pop(0))
+        if self._deferred:
+            with self._deferred_lock:
+                while self._deferred:
+                    # Remove only once registered: a handler whose annotation still
+                    # cannot be evaluated raises again on the next lookup.
+                    super().register(self._deferred[0])
+                    del self._deferred[0]
         return super().__get__(obj, cls)

@@ -77,7 +77,7 @@ def register_topic(topic: str, obj: Any) -> None:
     """
     with _topic_lock:
         existing = _topic_cache.get(topic, obj)
-        if existing is not obj:
+        if existing is not obj and existing != obj:
             raise TopicError(
                 f"Object {existing} is already registered for topic '{topic}', "
                 f"so refusing to register {obj}"
@@ -92,12 +92,12 @@ def resolve_topic(topic: str) -> Any:
     except KeyError:
         pass
     module_name, _, attr_path = topic.partition(":")
-    obj = _resolve_registered_prefix(module_name, attr_path)
-    if obj is None:
-        try:
+    try:
+        obj = _resolve_registered_prefix(module_name, attr_path)
+        if obj is None:
             obj = _import_and_getattr(module_name, attr_path)
-        except (ImportError, AttributeError) as e:
-            raise TopicError(f"Failed to resolve topic '{topic}': {e}") from e
+    except (ImportError, AttributeError) as e:
+        raise TopicError(f"Failed to resolve topic '{topic}': {e}") from e
     register_topic(topic, obj)
     return obj
 
@@ -209,13 +209,13 @@ _FALSE = frozenset({"n", "no", "f", "false", "off", "0"})
 def strtobool(val: str) -> bool:
     """Convert a truth value such as ``"yes"`` or ``"0"`` to a bool (case-insensitive)."""
     if not isinstance(val, str):
-        raise TypeError(f"{val!r} is not a str")
+        raise TypeError(f"{val} is not a str")
     lowered = val.lower()
     if lowered in _TRUE:
         return True
     if lowered in _FALSE:
         return False
-    raise ValueError(f"invalid truth value {val!r}")
+    raise ValueError(f"invalid truth value {lowered!r}")
 
 
 def reversed_keys(d: Mapping[Any, Any]) -> Iterator[Any]:
