@@ -323,6 +323,9 @@ class JSONTranscoder(Transcoder):
     def __init__(self) -> None:
         self.types: dict[type, Transcoding] = {}
         self.names: dict[str, Transcoding] = {}
+        # Bound methods, looked up once: the hooks below run for every custom value.
+        self._encoders: dict[type, tuple[str, Callable[[Any], Any]]] = {}
+        self._decoders: dict[str, Callable[[Any], Any]] = {}
         self.encoder = json.JSONEncoder(
             default=self._encode_obj, separators=(",", ":"), ensure_ascii=False
         )
@@ -334,6 +337,8 @@ class JSONTranscoder(Transcoder):
         """Use ``transcoding`` for values of exactly its ``type`` and data under its ``name``."""
         self.types[transcoding.type] = transcoding
         self.names[transcoding.name] = transcoding
+        self._encoders[transcoding.type] = (transcoding.name, transcoding.encode)
+        self._decoders[transcoding.name] = transcoding.decode
 
     def encode(self, obj: Any) -> bytes:
         """Return ``obj`` as compact UTF-8 JSON (non-ASCII characters are written raw)."""
@@ -356,26 +361,25 @@ class JSONTranscoder(Transcoder):
 
     def _encode_obj(self, obj: Any) -> dict[str, Any]:
         try:
-            transcoding = self.types[type(obj)]
+            name, encode = self._encoders[type(obj)]
         except KeyError:
             raise TranscodingNotRegisteredError(
                 f"Object of type {type(obj)} is not serializable. Please define and "
                 "register a custom transcoding for this type."
             ) from None
-        return {_TYPE: transcoding.name, _DATA: transcoding.encode(obj)}
+        return {_TYPE: name, _DATA: encode(obj)}
 
     def _decode_obj(self, d: dict[str, Any]) -> Any:
         if len(d) != 2 or _TYPE not in d or _DATA not in d:
             return d
-        name = d[_TYPE]
         try:
-            transcoding = self.names[name]
+            decode = self._decoders[d[_TYPE]]
         except (KeyError, TypeError):
             raise TranscodingNotRegisteredError(
-                f"Data serialized with name '{name}' is not deserializable. Please "
+                f"Data serialized with name '{d[_TYPE]}' is not deserializable. Please "
                 "register a custom transcoding for this type."
             ) from None
-        return transcoding.decode(d[_DATA])
+        return decode(d[_DATA])
 
 
 def _make_c_encoder(default: Callable[[Any], Any]) -> Callable[[Any, int], Any] | None:
@@ -589,20 +593,6 @@ class Mapper(Generic[TAggregateID]):
         # Resolved on every call (a dict lookup): tests and deployments re-register topics
         # to new classes while an application is running.
         cls = resolve_topic(stored_event.topic)
-        state = self._decode_state(stored_event)
-        originator_id = stored_event.originator_id
-        state["originator_id"] = find_id_convertor(cls, type(originator_id))(originator_id)
-        state["originator_version"] = stored_event.originator_version
-        class_version = getattr(cls, "class_version", 1)
-        from_version = state.pop("class_version", 1)
-        while from_version < class_version:
-            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
-            from_version += 1
-        domain_event = object.__new__(cls)
-        object.__setattr__(domain_event, "__dict__", state)
-        return domain_event
-
-    def _decode_state(self, stored_event: StoredEvent) -> dict[str, Any]:
         data = stored_event.state
         try:
             if self.cipher is not None:
@@ -611,13 +601,35 @@ class Mapper(Generic[TAggregateID]):
                 data = self.compressor.decompress(data)
             state: dict[str, Any] = self.transcoder.decode(data)
         except Exception as e:
-            raise MapperDeserialisationError(
-                f"Failed to deserialise state of stored event with topic "
-                f"'{stored_event.topic}', originator_id '{stored_event.originator_id}' and "
-                f"originator_version {stored_event.originator_version}: {e} (check that "
-                f"the cipher key and compressor match those used to write it)"
-            ) from e
-        return state
+            raise _deserialisation_error(stored_event, e) from e
+        originator_id = stored_event.originator_id
+        if type(originator_id) is str:  # only a str may need converting (to a UUID)
+            originator_id = find_id_convertor(cls, str)(originator_id)
+        state["originator_id"] = originator_id
+        state["originator_version"] = stored_event.originator_version
+        if "class_version" in state or getattr(cls, "class_version", 1) > 1:
+            _upcast(cls, state)
+        domain_event = object.__new__(cls)
+        object.__setattr__(domain_event, "__dict__", state)
+        return domain_event
+
+
+def _deserialisation_error(stored_event: StoredEvent, error: Exception) -> Exception:
+    return MapperDeserialisationError(
+        f"Failed to deserialise state of stored event with topic '{stored_event.topic}', "
+        f"originator_id '{stored_event.originator_id}' and originator_version "
+        f"{stored_event.originator_version}: {error} (check that the cipher key and "
+        "compressor match those used to write it)"
+    )
+
+
+def _upcast(cls: type[Any], state: dict[str, Any]) -> None:
+    """Bring ``state`` from its stored class version to ``cls.class_version`` (in place)."""
+    class_version = getattr(cls, "class_version", 1)
+    from_version = state.pop("class_version", 1)
+    while from_version < class_version:
+        getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
+        from_version += 1
 
 
 IDConvertor = Callable[[UUID | str], UUID | str]
