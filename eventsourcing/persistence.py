@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from threading import Condition, Event, Lock, Thread, Timer
+from threading import Condition, Event, Lock, Semaphore, Thread, Timer
 from time import monotonic, sleep
 from types import GenericAlias, ModuleType, TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -1178,8 +1178,11 @@ class ConnectionPool(ABC, Generic[TConnection]):
         self._pool: deque[TConnection] = deque()
         self._in_use: dict[int, TConnection] = {}
         self._put_condition = Condition()  # guards _pool, _in_use and _closed
-        self._turn = Lock()  # one request at a time, in arrival order
+        # One request at a time, in arrival order (a Semaphore's waiters queue up; a Lock's
+        # do not).
+        self._get_semaphore = Semaphore()
         self._writer_lock = Lock()
+        self._num_writers = 0
         self._no_readers = Condition()
         self._num_readers = 0
         self._closed = False
@@ -1213,11 +1216,8 @@ class ConnectionPool(ABC, Generic[TConnection]):
             raise ConnectionPoolClosedError("Can't get a connection: the pool is closed")
         timeout = self.pool_timeout if timeout is None else timeout
         deadline = monotonic() + timeout
-        if not self._turn.acquire(timeout=timeout):
-            raise ConnectionUnavailableError(
-                f"Timed out after {timeout}s waiting for earlier connection requests; "
-                "increase the pool timeout or return connections sooner"
-            )
+        if not self._get_semaphore.acquire(timeout=timeout):
+            raise ConnectionUnavailableError("Timed out waiting for connection pool semaphore")
         try:
             self._acquire_role(is_writer, deadline)
             try:
@@ -1228,7 +1228,7 @@ class ConnectionPool(ABC, Generic[TConnection]):
             conn.is_writer = is_writer
             return conn
         finally:
-            self._turn.release()
+            self._get_semaphore.release()
 
     def put_connection(self, conn: TConnection) -> None:
         """Take back ``conn``: keep it for reuse if there is room, otherwise close it."""
@@ -1272,6 +1272,7 @@ class ConnectionPool(ABC, Generic[TConnection]):
             if self._mutually_exclusive_read_write and not self._wait_for_no_readers(deadline):
                 self._writer_lock.release()
                 raise ConnectionUnavailableError("Timed out waiting for return of reader")
+            self._num_writers += 1
         elif is_writer is False:
             if self._mutually_exclusive_read_write:
                 # Holding the turn lock, no other writer can start between these two calls.
@@ -1283,6 +1284,7 @@ class ConnectionPool(ABC, Generic[TConnection]):
 
     def _release_role(self, is_writer: bool | None) -> None:
         if is_writer is True:
+            self._num_writers -= 1
             self._writer_lock.release()
         elif is_writer is False:
             with self._no_readers:
