@@ -115,6 +115,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 TAggregateID = TypeVar("TAggregateID", bound=UUID | str)
+TAggregateIDType = TypeVar("TAggregateIDType", type[UUID], type[str])
 # Domain events are duck-typed here: anything with originator_id, originator_version and a
 # __dict__ of its other attributes (eventsourcing.domain defines the protocols).
 DomainEventType = Any
@@ -603,8 +604,10 @@ class Mapper(Generic[TAggregateID]):
         except Exception as e:
             raise _deserialisation_error(stored_event, e) from e
         originator_id = stored_event.originator_id
-        if type(originator_id) is str:  # only a str may need converting (to a UUID)
-            originator_id = find_id_convertor(cls, str)(originator_id)
+        key = (cls, type(originator_id))
+        convertor = _id_convertors.get(key) or find_id_convertor(*key)
+        if convertor is not pass_through_convertor:
+            originator_id = convertor(originator_id)
         state["originator_id"] = originator_id
         state["originator_version"] = stored_event.originator_version
         if "class_version" in state or getattr(cls, "class_version", 1) > 1:
@@ -657,7 +660,8 @@ def find_id_convertor(domain_event_cls: type[Any], originator_id_cls: type[Any])
         return _id_convertors[key]
     except KeyError:
         pass
-    if originator_id_cls is str and _find_originator_id_type(domain_event_cls) is UUID:
+    id_type = _find_originator_id_type(domain_event_cls)  # raises if the class is unusable
+    if originator_id_cls is str and id_type is UUID:
         convertor = str_to_uuid_convertor
     else:
         convertor = pass_through_convertor
@@ -670,8 +674,8 @@ def _find_originator_id_type(cls: type[Any]) -> type[UUID] | type[str]:
         id_type = cls.originator_id_type
         if id_type is None:
             raise TypeError(
-                f"{cls} has no originator_id_type: parametrise its base with the id type, "
-                "e.g. CanMutateAggregate[UUID] or CanMutateAggregate[str]"
+                f"originator_id_type cannot be None (on {cls}): parametrise its base with "
+                "the id type, e.g. CanMutateAggregate[UUID] or CanMutateAggregate[str]"
             )
         return id_type
     for base in cls.__mro__:
@@ -682,8 +686,8 @@ def _find_originator_id_type(cls: type[Any]) -> type[UUID] | type[str]:
             return _ID_ANNOTATIONS[annotation]
         except (KeyError, TypeError):
             raise TypeError(
-                f"originator_id annotation on {base} is {annotation!r}, which is neither "
-                "UUID nor str: annotate it as one of those"
+                f"originator_id annotation on {base} is not either UUID or str: "
+                f"{annotation!r} (annotate it as UUID or str)"
             ) from None
     raise TypeError(
         f"Neither event class {cls} nor its bases have an originator_id annotation: "

@@ -21,6 +21,7 @@ from eventsourcing import persistence
 from eventsourcing.cipher import AESCipher
 from eventsourcing.compressor import ZlibCompressor
 from eventsourcing.domain import (
+    AggregateEvent,
     DomainEvent,
     EventSourcingError,
     HasOriginatorIDVersion,
@@ -417,7 +418,7 @@ def test_find_id_convertor() -> None:
     assert str_to_uuid_convertor(str(uuid)) == uuid
     assert pass_through_convertor("x") == "x"
 
-    with pytest.raises(TypeError, match="is neither UUID nor str"):
+    with pytest.raises(TypeError, match="is not either UUID or str"):
         find_id_convertor(BadlyAnnotated, str)
     with pytest.raises(TypeError, match="nor its bases have an originator_id annotation"):
         find_id_convertor(NotAnnotated, str)
@@ -425,8 +426,17 @@ def test_find_id_convertor() -> None:
     class Unparametrised(HasOriginatorIDVersion):  # type: ignore[type-arg]
         pass
 
-    with pytest.raises(TypeError, match="has no originator_id_type"):
+    with pytest.raises(TypeError, match="originator_id_type cannot be None"):
         find_id_convertor(Unparametrised, str)
+
+
+def test_mapper_checks_the_id_type_whatever_the_stored_id_type() -> None:
+    class NoIDType(AggregateEvent):
+        originator_id_type = None
+
+    mapper: Mapper[UUID] = Mapper(default_transcoder())
+    with pytest.raises(TypeError, match="originator_id_type cannot be None"):
+        mapper.to_domain_event(StoredEvent(uuid4(), 1, get_topic(NoIDType), b"{}"))
 
 
 def test_mapper_keeps_str_ids_of_str_id_events() -> None:

@@ -256,3 +256,22 @@ def test_concurrent_inserts_keep_ids_contiguous_and_unique() -> None:
         thread.join()
     assert sorted(all_ids) == list(range(1, 161))
     assert recorder.max_notification_id() == 160
+
+
+def test_subscription_keeps_up_with_a_concurrent_writer() -> None:
+    recorder = POPOApplicationRecorder()
+    batches, batch_size = 20, 100
+    total = batches * batch_size
+
+    def write() -> None:
+        for _ in range(batches):
+            recorder.insert_events(
+                [StoredEvent(str(uuid4()), 1, "t", b"") for _ in range(batch_size)]
+            )
+
+    writer = threading.Thread(target=write)
+    with recorder.subscribe(gt=recorder.max_notification_id()) as subscription:
+        writer.start()
+        ids = [n.id for _, n in zip(range(total), subscription, strict=False)]
+    writer.join()
+    assert ids == list(range(1, total + 1))
