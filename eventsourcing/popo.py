@@ -90,6 +90,7 @@ class _Stream:
         self.events: list[StoredEvent] = []
 
     def has_version(self, version: int) -> bool:
+        """Return True if an event with ``version`` is stored."""
         versions = self.versions
         if not versions or version > versions[-1]:
             return False  # the usual case: a new version after the last one
@@ -97,6 +98,7 @@ class _Stream:
         return versions[i] == version
 
     def add(self, event: StoredEvent) -> None:
+        """Insert ``event`` in version order."""
         version = event.originator_version
         versions = self.versions
         if not versions or version > versions[-1]:
