@@ -199,7 +199,7 @@ class ConnectionUnavailableError(OperationalError, TimeoutError):
 if sys.version_info >= (3, 13):  # pragma: no cover
     ShutDown = queue.ShutDown
     Queue = queue.Queue
-else:  # pragma: no cover (exercised on 3.11/3.12)
+else:
 
     class ShutDown(Exception):
         """Raised by :meth:`Queue.put` and :meth:`Queue.get` once the queue is shut down."""
