@@ -1,0 +1,662 @@
+"""Projections: keep a view, or another event-sourced application, in step with an application.
+
+A projection processes an application's events in the order of its notification log and
+records, with each result, how far it has got (a :class:`~eventsourcing.persistence.Tracking`
+record). Because the result and the tracking record are written in one transaction, each
+event is processed exactly once, however often processing is interrupted and resumed.
+
+* :class:`ApplicationSubscription` yields ``(domain_event, tracking)`` pairs from an
+  application's recorder, blocking for new events.
+* :class:`Projection` updates a materialised view, which is a tracking recorder.
+* :class:`EventSourcedProjection` is an application whose ``policy`` turns processed events
+  into new events of its own. It can process a *batch* of events as one unit of work: one
+  transaction holds every new event of the batch and one tracking record.
+* :class:`ProjectionRunner` and :class:`EventSourcedProjectionRunner` run a projection of an
+  application in a background thread.
+
+This module does not depend on ``eventsourcing.dcb``: it projects :class:`Application`
+subclasses only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, get_origin
+
+from eventsourcing.application import (
+    Application,
+    LRUCache,
+    ProcessingEvent,
+    ProjectorFunction,
+    Repository,
+    project_aggregate,
+)
+from eventsourcing.dispatch import singledispatchmethod
+from eventsourcing.domain import DomainEventProtocol, MutableOrImmutableAggregate, TAggregateID
+from eventsourcing.persistence import (
+    InfrastructureFactory,
+    IntegrityError,
+    Mapper,
+    ProcessRecorder,
+    Recording,
+    Subscription,
+    Tracking,
+    TrackingRecorder,
+    TTrackingRecorder,
+    WaitInterruptedError,
+)
+from eventsourcing.utils import Environment, EnvType
+
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Self
+
+__all__ = [
+    "ApplicationSubscription",
+    "BaseProjectionRunner",
+    "EventSourcedProjection",
+    "EventSourcedProjectionRunner",
+    "ProcessingJob",
+    "Projection",
+    "ProjectionRunner",
+    "TApplication",
+    "TEventSourcedProjection",
+]
+
+ProcessingJob = tuple[DomainEventProtocol[TAggregateID], Tracking]
+"""A domain event to process, with the position it was recorded at in its application."""
+
+
+class ApplicationSubscription(Iterator[tuple[DomainEventProtocol[TAggregateID], Tracking]]):
+    """Iterates over an application's events after notification ``gt``, then waits for more.
+
+    Each item is ``(domain_event, Tracking(app.name, notification_id))``. Use it as a
+    context manager; :meth:`stop` ends the iteration from any thread.
+    """
+
+    def __init__(
+        self,
+        app: Application[TAggregateID],
+        gt: int | None = None,
+        topics: Sequence[str] = (),
+    ):
+        """Subscribe to ``app``'s recorder for notifications after ``gt`` of ``topics``."""
+        self.name = app.name
+        self.recorder = app.recorder
+        self.mapper: Mapper[TAggregateID] = app.mapper
+        self.subscription: Subscription[Any] = self.recorder.subscribe(gt=gt, topics=topics)
+
+    def stop(self) -> None:
+        """End the iteration."""
+        self.subscription.stop()
+
+    def __enter__(self) -> Self:
+        """Enter the underlying subscription."""
+        self.subscription.__enter__()
+        return self
+
+    def __exit__(self, *args: object, **kwargs: Any) -> None:
+        """Stop and leave the underlying subscription."""
+        self.subscription.__exit__(*args, **kwargs)
+
+    def __iter__(self) -> Self:
+        """Return the subscription itself."""
+        return self
+
+    def __next__(self) -> tuple[DomainEventProtocol[TAggregateID], Tracking]:
+        """Return the next event and its position, blocking until there is one."""
+        notification = next(self.subscription)
+        domain_event: DomainEventProtocol[TAggregateID] = self.mapper.to_domain_event(notification)
+        return domain_event, Tracking(self.name, notification.id)
+
+    def __del__(self) -> None:
+        """Stop the subscription's background work when garbage collected."""
+        with contextlib.suppress(AttributeError):
+            self.stop()
+
+
+class Projection(ABC, Generic[TTrackingRecorder]):
+    """Processes an application's events into a materialised view.
+
+    ``name`` (the class name unless set) names the view's environment and tables;
+    ``topics``, when not empty, restricts the events the projection is given.
+    :meth:`process_event` must update the view and record the tracking object in one
+    transaction, for example through view methods that take the tracking object.
+    """
+
+    name: str = ""
+    topics: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Name each subclass after itself, unless its body sets ``name``."""
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__
+
+    def __init__(self, view: TTrackingRecorder):
+        """Project into ``view``."""
+        self._view = view
+
+    @property
+    def view(self) -> TTrackingRecorder:
+        """The materialised view this projection updates."""
+        return self._view
+
+    @singledispatchmethod
+    @abstractmethod
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        """Update the view for ``domain_event`` and record ``tracking``, atomically."""
+
+
+class _BatchRepository(Repository[TAggregateID]):
+    """The repository as a policy sees it while a batch is processed.
+
+    Aggregates that the policy collected earlier in the batch are not stored yet; they are
+    served as they now are, so the policy carries on from its own changes instead of
+    loading a stale version (which would conflict when recorded). Other aggregates come
+    from ``recorded`` (aggregates that earlier batches recorded) when there, else from the
+    application's repository. Every aggregate handed out is remembered in ``lent``, and
+    taken out of ``recorded`` meanwhile: a policy may change it and then fail.
+    A request for a specific version, or with another projector, goes to the store.
+    """
+
+    def __init__(
+        self,
+        repository: Repository[TAggregateID],
+        pending: Mapping[TAggregateID, MutableOrImmutableAggregate],
+        recorded: LRUCache[TAggregateID, MutableOrImmutableAggregate] | None,
+    ):
+        # Share the repository's stores, cache and settings, so attributes read the same.
+        self.__dict__.update(vars(repository))
+        self._repository = repository
+        self._pending = pending
+        self._recorded = recorded
+        self.lent: dict[TAggregateID, MutableOrImmutableAggregate] = {}
+        self.used_recorded = False
+
+    def get(
+        self,
+        aggregate_id: TAggregateID,
+        *,
+        version: int | None = None,
+        projector_func: ProjectorFunction[Any, Any] = project_aggregate,
+        fastforward_skipping: bool = False,
+        deepcopy_from_cache: bool = True,
+    ) -> Any:
+        """Return the aggregate as the batch has left it, else as last recorded."""
+        if version is None and projector_func is project_aggregate:
+            aggregate = self._pending.get(aggregate_id) or self.lent.get(aggregate_id)
+            if aggregate is not None:
+                return aggregate
+            if self._recorded is not None:
+                try:
+                    aggregate = self._recorded.get(aggregate_id, evict=True)
+                except KeyError:
+                    pass
+                else:
+                    self.used_recorded = True
+                    self.lent[aggregate_id] = aggregate
+                    return aggregate
+        aggregate = self._repository.get(
+            aggregate_id,
+            version=version,
+            projector_func=projector_func,
+            fastforward_skipping=fastforward_skipping,
+            deepcopy_from_cache=deepcopy_from_cache,
+        )
+        if version is None and projector_func is project_aggregate:
+            self.lent[aggregate_id] = aggregate
+        return aggregate
+
+    def keep_recorded(self) -> None:
+        """After the batch is recorded, keep its aggregates that hold no unsaved changes."""
+        recorded = self._recorded
+        if recorded is None:
+            return
+        # None of these is in `recorded` now: lent ones were taken out, new ones are new.
+        for aggregate_id, aggregate in {**self.lent, **self._pending}.items():
+            # An aggregate changed after it was collected is ahead of the store.
+            if not getattr(aggregate, "_pending_events", None):
+                recorded.put(aggregate_id, aggregate)
+
+
+class EventSourcedProjection(Application[TAggregateID], ABC):
+    """An application that processes another application's events with its ``policy``.
+
+    New events from the policy are recorded in the same transaction as the tracking
+    record of what was processed, using a process recorder, so each event is processed
+    exactly once. :meth:`process_events` processes a batch of events in one transaction.
+
+    The policy's ``repository.get()`` serves aggregates that earlier batches recorded from
+    memory, up to ``policy_cache_maxsize`` of them (environment variable
+    ``POLICY_CACHE_MAXSIZE``; 0 turns this off). They are checked by the store as any
+    save is: if one turns out to be out of date (another writer changed it), the version
+    conflict makes the batch run once more, with every aggregate loaded from the store.
+    """
+
+    topics: Sequence[str] = ()
+    policy_cache_maxsize = 10_000
+    POLICY_CACHE_MAXSIZE = "POLICY_CACHE_MAXSIZE"
+
+    def __init__(self, env: EnvType | None = None) -> None:
+        """Construct the application, with a process recorder."""
+        # Set before the application's own construction, which may read `repository`.
+        self._batch_state = threading.local()
+        super().__init__(env)
+        self.recorder: ProcessRecorder
+        self.processing_lock = threading.Lock()
+        maxsize = self._env_policy_cache_maxsize()
+        self._recorded_aggregates: LRUCache[TAggregateID, MutableOrImmutableAggregate] | None = (
+            LRUCache(maxsize) if maxsize > 0 else None
+        )
+        self._batch_used_recorded = False
+
+    def _env_policy_cache_maxsize(self) -> int:
+        value = self.env.get(self.POLICY_CACHE_MAXSIZE)
+        if not value:
+            return type(self).policy_cache_maxsize
+        try:
+            return int(value)
+        except ValueError:
+            msg = (
+                f"Invalid {self.POLICY_CACHE_MAXSIZE} value {value!r} for {self.name!r}: set "
+                "the number of aggregates to keep for the policy (0 keeps none)"
+            )
+            raise ValueError(msg) from None
+
+    def construct_recorder(self) -> ProcessRecorder:
+        """Construct a process recorder, which records events and tracking together."""
+        return self.factory.process_recorder()
+
+    @property
+    def repository(self) -> Repository[TAggregateID]:
+        """The repository; inside a batch, one that also serves the batch's new aggregates."""
+        view: Repository[TAggregateID] | None = getattr(self._batch_state, "view", None)
+        return self._repository if view is None else view
+
+    def process_event(
+        self, domain_event: DomainEventProtocol[TAggregateID], tracking: Tracking
+    ) -> None:
+        """Apply the policy to one event; record its new events with ``tracking``.
+
+        The tracking record is stored even when the policy collects no events.
+        """
+        self.process_events([(domain_event, tracking)])
+
+    def process_events(
+        self,
+        jobs: Sequence[ProcessingJob[TAggregateID]],
+        tracking: Tracking | None = None,
+    ) -> list[Recording[TAggregateID]]:
+        """Apply the policy to a batch of events and record the outcome in one transaction.
+
+        Every event the policy collects for the batch is stored together with one
+        tracking record: ``tracking`` if given (it may be beyond the last job, to track
+        notifications that were filtered out), else the last job's. If the policy raises,
+        nothing of the batch is recorded; the error gets a note naming the event, its
+        application and its notification id. Within the batch, the policy's
+        ``repository.get()`` returns aggregates it changed earlier in the batch as changed.
+        """
+        if tracking is None:
+            if not jobs:
+                return []
+            tracking = jobs[-1][1]
+        with self.processing_lock:
+            processing_event = ProcessingEvent[TAggregateID](tracking=tracking)
+            try:
+                recordings = self._process_batch(jobs, processing_event)
+            except IntegrityError:
+                if not self._forget_recorded_aggregates():
+                    raise
+                # Kept aggregates were out of date: run the batch again from the store.
+                processing_event = ProcessingEvent[TAggregateID](tracking=tracking)
+                recordings = self._process_batch(jobs, processing_event)
+            self._take_snapshots(processing_event)
+            self.notify(processing_event.events)  # deprecated hook, kept for subclasses
+            self._notify(recordings)
+        return recordings
+
+    def _process_batch(
+        self,
+        jobs: Sequence[ProcessingJob[TAggregateID]],
+        processing_event: ProcessingEvent[TAggregateID],
+    ) -> list[Recording[TAggregateID]]:
+        tracking = processing_event.tracking
+        view = _BatchRepository(
+            self._repository, processing_event.aggregates, self._recorded_aggregates
+        )
+        state = self._batch_state
+        state.view = view
+        try:
+            self._apply_policy(jobs, processing_event)
+        finally:
+            state.view = None
+        processing_event.tracking = tracking
+        self._batch_used_recorded = view.used_recorded
+        recordings = self._record_batch(processing_event, jobs)
+        view.keep_recorded()
+        return recordings
+
+    def _forget_recorded_aggregates(self) -> bool:
+        """Forget every kept aggregate; say whether the failed batch had used any."""
+        if self._recorded_aggregates is None or not self._batch_used_recorded:
+            return False
+        self._recorded_aggregates.clear()
+        return True
+
+    def _apply_policy(
+        self,
+        jobs: Sequence[ProcessingJob[TAggregateID]],
+        processing_event: ProcessingEvent[TAggregateID],
+    ) -> None:
+        policy = self.policy  # look the dispatcher up once per batch, not once per event
+        for domain_event, tracking in jobs:
+            # Policies may read the position of the event they are processing.
+            processing_event.tracking = tracking
+            try:
+                policy(domain_event, processing_event)
+            except Exception as error:
+                error.add_note(_policy_failure_note(self.name, domain_event, tracking, jobs))
+                raise
+
+    def _record_batch(
+        self,
+        processing_event: ProcessingEvent[TAggregateID],
+        jobs: Sequence[ProcessingJob[TAggregateID]],
+    ) -> list[Recording[TAggregateID]]:
+        try:
+            return self._record(processing_event)
+        except Exception as error:
+            tracking = processing_event.tracking
+            if tracking is not None and len(jobs) > 1:
+                error.add_note(
+                    f"{self.name!r} could not record the outcome of a batch of {len(jobs)} "
+                    f"notifications of {tracking.application_name!r} (ids "
+                    f"{jobs[0][1].notification_id} to {tracking.notification_id}); none of "
+                    "the batch was recorded"
+                )
+            raise
+
+    def _record(
+        self, processing_event: ProcessingEvent[TAggregateID]
+    ) -> list[Recording[TAggregateID]]:
+        """Record as the application does; a save outside a batch outdates kept copies."""
+        recordings = super()._record(processing_event)
+        recorded = self._recorded_aggregates
+        if recorded is not None and processing_event.tracking is None:
+            for event in processing_event.events:
+                with contextlib.suppress(KeyError):
+                    recorded.get(event.originator_id, evict=True)
+        return recordings
+
+    @singledispatchmethod
+    def policy(
+        self,
+        domain_event: DomainEventProtocol[TAggregateID],
+        processing_event: ProcessingEvent[TAggregateID],
+    ) -> None:
+        """Turn a processed event into new events; this default ignores every event.
+
+        Override it, or register handlers per event class. Collect new events with
+        ``processing_event.collect_events(...)``, never with ``save()``, so that they are
+        recorded atomically with the tracking record.
+        """
+
+
+def _policy_failure_note(
+    name: str,
+    domain_event: DomainEventProtocol[Any],
+    tracking: Tracking,
+    jobs: Sequence[ProcessingJob[Any]],
+) -> str:
+    """Describe where a policy failed, and what became of its batch."""
+    event_cls = type(domain_event)
+    originator_id = getattr(domain_event, "originator_id", None)
+    originator_version = getattr(domain_event, "originator_version", None)
+    note = (
+        f"Policy of {name!r} raised while processing notification "
+        f"{tracking.notification_id} of {tracking.application_name!r}: "
+        f"{event_cls.__module__}.{event_cls.__qualname__} event of originator "
+        f"{originator_id} at version {originator_version}."
+    )
+    if len(jobs) > 1:
+        note += (
+            f" The whole batch of {len(jobs)} notifications (ids "
+            f"{jobs[0][1].notification_id} to {jobs[-1][1].notification_id}) was rolled "
+            "back: none of it was recorded, and it will be processed again."
+        )
+    else:
+        note += " Nothing was recorded; the notification will be processed again."
+    return note
+
+
+TApplication = TypeVar("TApplication")
+TEventSourcedProjection = TypeVar("TEventSourcedProjection", bound=EventSourcedProjection[Any])
+
+
+class BaseProjectionRunner(Generic[TApplication]):
+    """Runs a projection of an application in a background thread.
+
+    The runner constructs the application, subscribes to it after the position the
+    tracking recorder has reached, and calls ``projection.process_event`` for each event.
+    An error in the projection interrupts the runner and is re-raised by
+    :meth:`run_forever`, :meth:`wait` or on leaving the context manager.
+    """
+
+    def __init__(
+        self,
+        *,
+        projection: EventSourcedProjection[Any] | Projection[Any],
+        application_class: type[TApplication],
+        tracking_recorder: TrackingRecorder,
+        topics: Sequence[str],
+        env: EnvType | None = None,
+    ) -> None:
+        """Construct the application and start processing its events in a thread."""
+        self._projection = projection
+        self._tracking_recorder = tracking_recorder
+        self._is_interrupted = threading.Event()
+        self._has_called_stop = False
+        self._thread_error: BaseException | None = None
+        app = _construct_application(application_class, env)
+        self.app = cast("TApplication", app)
+        self.app_name: str = app.name
+        try:
+            self._subscription: ApplicationSubscription[Any] = ApplicationSubscription(
+                app=app, gt=tracking_recorder.max_tracking_id(app.name), topics=topics
+            )
+        except BaseException:
+            app.close()
+            raise
+        self._processing_thread = threading.Thread(
+            target=self._process_events_loop,
+            name=f"projection of {app.name}",
+            daemon=True,
+        )
+        self._processing_thread.start()
+
+    @property
+    def is_interrupted(self) -> threading.Event:
+        """Set when the runner has been stopped or its projection has failed."""
+        return self._is_interrupted
+
+    @staticmethod
+    def _construct_env(name: str, env: EnvType | None = None) -> Environment:
+        """Return the projection's environment: ``os.environ`` updated with ``env``."""
+        merged: dict[str, str] = dict(os.environ)
+        if env is not None:
+            merged.update(env)
+        return Environment(name, merged)
+
+    def stop(self) -> None:
+        """Interrupt the runner: processing ends after the current event."""
+        self._has_called_stop = True
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        self._is_interrupted.set()
+        self._subscription.stop()
+
+    def _process_events_loop(self) -> None:
+        try:
+            process_event = self._projection.process_event
+            for domain_event, tracking in self._subscription:
+                process_event(domain_event, tracking)
+        except BaseException as error:
+            self._thread_error = error
+        finally:
+            self._interrupt()
+
+    def _take_error(self) -> BaseException | None:
+        error, self._thread_error = self._thread_error, None
+        return error
+
+    def run_forever(self, timeout: float | None = None) -> None:
+        """Block until the runner is interrupted or ``timeout`` passes.
+
+        Re-raises (once) an error from the projection.
+        """
+        if self._is_interrupted.wait(timeout=timeout):
+            error = self._take_error()
+            if error is not None:
+                raise error from None
+
+    def wait(self, notification_id: int | None, timeout: float = 1.0) -> None:
+        """Block until the projection has processed ``notification_id``.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds, re-raises a projection error,
+        returns quietly if the runner was stopped, and otherwise raises
+        :class:`~eventsourcing.persistence.WaitInterruptedError` if interrupted.
+        """
+        try:
+            self._tracking_recorder.wait(
+                application_name=self.app_name,
+                notification_id=notification_id,
+                timeout=timeout,
+                interrupt=self._is_interrupted,
+            )
+        except WaitInterruptedError:
+            error = self._take_error()
+            if error is not None:
+                raise error from None
+            if self._has_called_stop:
+                return
+            raise
+
+    def __enter__(self) -> Self:
+        """Enter the subscription's context."""
+        self._subscription.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        """Stop, wait for the processing thread, close the application, re-raise errors."""
+        self.stop()
+        self._subscription.__exit__(exc_type, exc_val, exc_tb)
+        self._processing_thread.join()
+        cast("Application[Any]", self.app).close()
+        error = self._take_error()
+        if error is not None:
+            raise error
+
+    def __del__(self) -> None:
+        """Interrupt the processing thread when garbage collected."""
+        with contextlib.suppress(AttributeError):
+            self.stop()
+
+
+def _construct_application(application_class: type[Any], env: EnvType | None) -> Application[Any]:
+    """Construct the projected application; generic aliases like ``Application[UUID]`` work."""
+    cls = get_origin(application_class) or application_class
+    if not (isinstance(cls, type) and issubclass(cls, Application)):
+        msg = (
+            f"Unsupported application type: {application_class!r} is not a subclass of "
+            f"{Application.__module__}.Application; pass an application class"
+        )
+        raise TypeError(msg)
+    return cast("Application[Any]", application_class(env))
+
+
+class ProjectionRunner(
+    BaseProjectionRunner[TApplication], Generic[TApplication, TTrackingRecorder]
+):
+    """Runs a :class:`Projection` of an application into a view of ``view_class``.
+
+    The view is constructed by the infrastructure factory of the persistence module the
+    environment selects, with the environment named after the projection, so
+    ``view_class`` must subclass that module's tracking recorder class.
+    """
+
+    def __init__(
+        self,
+        *,
+        application_class: type[TApplication],
+        projection_class: type[Projection[TTrackingRecorder]],
+        view_class: type[TTrackingRecorder],
+        env: EnvType | None = None,
+    ):
+        """Construct the view, the projection and the application; start processing."""
+        factory = InfrastructureFactory[TTrackingRecorder].construct(
+            env=self._construct_env(name=projection_class.name, env=env)
+        )
+        self.view: TTrackingRecorder = factory.tracking_recorder(view_class)
+        self.projection = projection_class(view=self.view)
+        super().__init__(
+            projection=self.projection,
+            application_class=application_class,
+            tracking_recorder=self.view,
+            topics=self.projection.topics,
+            env=env,
+        )
+
+
+class EventSourcedProjectionRunner(
+    BaseProjectionRunner[TApplication], Generic[TApplication, TEventSourcedProjection]
+):
+    """Runs an :class:`EventSourcedProjection` of an application."""
+
+    def __init__(
+        self,
+        *,
+        application_class: type[TApplication],
+        projection_class: type[TEventSourcedProjection],
+        env: EnvType | None = None,
+    ):
+        """Construct the projection and the application; start processing."""
+        self.projection: TEventSourcedProjection = projection_class(
+            env=self._construct_env(name=projection_class.name, env=env)
+        )
+        super().__init__(
+            projection=self.projection,
+            application_class=application_class,
+            tracking_recorder=self.projection.recorder,
+            topics=self.projection.topics,
+            env=env,
+        )
+
+    def __enter__(self) -> Self:
+        """Enter the subscription's and the projection's contexts."""
+        runner = super().__enter__()
+        self.projection.__enter__()
+        return runner
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        """Stop the runner, then leave the projection's context."""
+        # The processing thread uses the projection, so the projection closes last.
+        try:
+            super().__exit__(exc_type, exc_val, exc_tb)
+        finally:
+            self.projection.__exit__(exc_type, exc_val, exc_tb)

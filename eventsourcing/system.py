@@ -1,0 +1,1091 @@
+"""Systems of applications that follow each other, and the in-process runners that run them.
+
+A :class:`System` is a set of pipes, such as ``[[Orders, Reservations, Payments]]``: each
+application in a pipe follows the one before it. A :class:`Leader` prompts its followers
+after each save; a :class:`Follower` reads the leader's notification log after the position
+it has recorded, runs its ``policy`` on each event, and records the new events together with
+its new position. A :class:`ProcessApplication` is both.
+
+Followers process notifications in batches: up to ``process_batch_size`` notifications of one
+leader are processed as one unit of work, whose new events and one tracking record (the last
+notification id) are recorded in one transaction. Processing is therefore exactly once: a
+batch that fails records nothing and is processed again; a batch that was recorded is never
+processed again, because its tracking record is there.
+
+Four runners run a system in this process. They share one implementation and differ on two
+axes only:
+
+================================  ==========================  ============================
+runner                            where processing runs       what a prompt delivers
+================================  ==========================  ============================
+:class:`SingleThreadedRunner`     inside the leader's save()  "read my log" (re-read)
+:class:`NewSingleThreadedRunner`  inside the leader's save()  the new events themselves
+:class:`MultiThreadedRunner`      one thread per follower     "read my log" (re-read)
+:class:`NewMultiThreadedRunner`   one thread per follower     the new events themselves
+================================  ==========================  ============================
+
+When a prompt carries events, they are used as they are unless they do not continue from the
+follower's position, in which case the gap is read from the log first. Every runner catches
+up with the backlog when it starts, and can be stopped and started again.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+import threading
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, cast
+
+from eventsourcing.application import (
+    Application,
+    NotificationLog,
+    ProgrammingError,
+    Section,
+    TApplication,
+)
+from eventsourcing.domain import DomainEventProtocol, MutableOrImmutableAggregate, TAggregateID
+from eventsourcing.persistence import (
+    IntegrityError,
+    Mapper,
+    Notification,
+    Recording,
+    Tracking,
+)
+from eventsourcing.projection import EventSourcedProjection, ProcessingJob
+from eventsourcing.utils import EnvType, get_topic
+
+if TYPE_CHECKING:
+    from typing import Self
+
+__all__ = [
+    "EventProcessingError",
+    "Follower",
+    "Leader",
+    "MultiThreadedRunner",
+    "MultiThreadedRunnerThread",
+    "NewMultiThreadedRunner",
+    "NewSingleThreadedRunner",
+    "NotificationConvertingError",
+    "NotificationLogReader",
+    "NotificationPullingError",
+    "ProcessApplication",
+    "ProcessingJob",
+    "RecordingEvent",
+    "RecordingEventReceiver",
+    "Runner",
+    "RunnerAlreadyStartedError",
+    "SingleThreadedRunner",
+    "System",
+    "UnknownApplicationError",
+]
+
+
+# ---------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------
+
+
+class RecordingEvent(Generic[TAggregateID]):
+    """What a leader tells its followers after recording new events.
+
+    ``recordings`` are the new events with their notifications, and
+    ``previous_max_notification_id`` is the leader's last notified id before them, so a
+    receiver can tell whether it has missed anything.
+    """
+
+    __slots__ = ("application_name", "previous_max_notification_id", "recordings")
+
+    def __init__(
+        self,
+        application_name: str,
+        recordings: list[Recording[TAggregateID]],
+        previous_max_notification_id: int | None,
+    ):
+        """Describe ``recordings`` newly recorded by the application ``application_name``."""
+        self.application_name = application_name
+        self.recordings = recordings
+        self.previous_max_notification_id = previous_max_notification_id
+
+
+class RecordingEventReceiver(ABC, Generic[TAggregateID]):
+    """Anything a leader can prompt: followers' runners and threads."""
+
+    @abstractmethod
+    def receive_recording_event(self, new_recording_event: RecordingEvent[TAggregateID]) -> None:
+        """Take note of newly recorded events; must not block for long."""
+
+
+# ---------------------------------------------------------------------------
+# Reading notification logs
+# ---------------------------------------------------------------------------
+
+
+class NotificationLogReader:
+    """Reads a notification log in sections or in selections of ``section_size``."""
+
+    DEFAULT_SECTION_SIZE = 10
+
+    def __init__(self, notification_log: NotificationLog, section_size: int = DEFAULT_SECTION_SIZE):
+        """Read ``notification_log``, ``section_size`` notifications at a time."""
+        self.notification_log = notification_log
+        self.section_size = section_size
+
+    def read(self, *, start: int) -> Iterator[Notification]:
+        """Yield every notification from ``start`` on, following the sections' links."""
+        section_id: str | None = f"{start},{start + self.section_size - 1}"
+        while section_id is not None:
+            section: Section = self.notification_log[section_id]
+            yield from section.items
+            section_id = section.next_id
+
+    def select(
+        self,
+        *,
+        start: int | None,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        inclusive_of_start: bool = True,
+    ) -> Iterator[Sequence[Notification]]:
+        """Yield lists of notifications from ``start`` (up to ``stop``), until one is empty."""
+        while True:
+            notifications = self.notification_log.select(
+                start=start,
+                limit=self.section_size,
+                stop=stop,
+                topics=topics,
+                inclusive_of_start=inclusive_of_start,
+            )
+            if not notifications:
+                return
+            start = notifications[-1].id + 1 if inclusive_of_start else notifications[-1].id
+            yield notifications
+
+
+# ---------------------------------------------------------------------------
+# Application roles
+# ---------------------------------------------------------------------------
+
+
+class Follower(EventSourcedProjection[TAggregateID]):
+    """An application that processes the events of the applications it follows.
+
+    :meth:`follow` gives it a leader's notification log; :meth:`pull_and_process` then
+    processes the leader's notifications after the recorded position, in batches of up to
+    ``process_batch_size`` notifications (environment variable ``PROCESS_BATCH_SIZE``), each
+    batch recorded in one transaction with one tracking record.
+
+    ``topics``, when set, restricts processing to events of those topics (the legacy class
+    attribute ``follow_topics`` is accepted too).
+    """
+
+    pull_section_size = 10
+    process_batch_size = 100
+    PROCESS_BATCH_SIZE = "PROCESS_BATCH_SIZE"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Accept the legacy ``follow_topics`` class attribute as ``topics``."""
+        super().__init_subclass__(**kwargs)
+        cls.topics = getattr(cls, "follow_topics", cls.topics)
+
+    def __init__(self, env: EnvType | None = None) -> None:
+        """Construct the application; it follows no leader until :meth:`follow` is called."""
+        super().__init__(env)
+        self.readers: dict[str, NotificationLogReader] = {}
+        self.mappers: dict[str, Mapper[TAggregateID]] = {}
+        self.is_threading_enabled = False
+        self.process_batch_size = self._env_batch_size()
+        # A subclass that overrides process_event() gets it called for each event.
+        self.processes_each_event = type(self).process_event is not Follower.process_event
+
+    def _env_batch_size(self) -> int:
+        value = self.env.get(self.PROCESS_BATCH_SIZE)
+        if not value:
+            return type(self).process_batch_size
+        try:
+            size = int(value)
+        except ValueError:
+            size = 0
+        if size < 1:
+            msg = (
+                f"Invalid {self.PROCESS_BATCH_SIZE} value {value!r} for {self.name!r}: set a "
+                "positive integer (the most notifications processed in one transaction)"
+            )
+            raise ValueError(msg)
+        return size
+
+    def follow(self, leader_name: str, notification_log: NotificationLog) -> None:
+        """Read ``leader_name``'s events from ``notification_log`` from now on.
+
+        The leader's events are decoded with a mapper configured from this application's
+        environment under the leader's name, so ``LEADERNAME_CIPHER_KEY`` and the like apply.
+        """
+        self.readers[leader_name] = NotificationLogReader(
+            notification_log, section_size=self.pull_section_size
+        )
+        factory = self.construct_factory(self.construct_env(leader_name, self.env))
+        try:
+            self.mappers[leader_name] = factory.mapper(
+                self.construct_transcoder(), mapper_class=type(self.mapper)
+            )
+        finally:
+            # Only the mapper is needed: release whatever the factory opened.
+            factory.close()
+
+    def pull_and_process(
+        self, leader_name: str, start: int | None = None, stop: int | None = None
+    ) -> None:
+        """Process ``leader_name``'s notifications after ``start`` (up to ``stop``), in batches.
+
+        ``start`` defaults to the position recorded for the leader.
+        """
+        if start is None:
+            start = self.recorder.max_tracking_id(leader_name)
+        _LeaderFeed(self, leader_name, start).catch_up(stop=stop)
+
+    def process_event(
+        self, domain_event: DomainEventProtocol[TAggregateID], tracking: Tracking
+    ) -> None:
+        """Process one event, under the processing lock, recording ``tracking`` with it."""
+        self.process_events([(domain_event, tracking)])
+
+    def pull_notifications(
+        self,
+        leader_name: str,
+        start: int | None,
+        stop: int | None = None,
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Iterator[Sequence[Notification]]:
+        """Yield lists of ``leader_name``'s notifications of this follower's topics."""
+        try:
+            reader = self.readers[leader_name]
+        except KeyError:
+            msg = (
+                f"{self.name!r} does not follow {leader_name!r}: call follow() with the "
+                "leader's notification log first, or add the leader to a pipe of the System"
+            )
+            raise ProgrammingError(msg) from None
+        return reader.select(
+            start=start, stop=stop, topics=self.topics, inclusive_of_start=inclusive_of_start
+        )
+
+    def filter_received_notifications(
+        self, notifications: Sequence[Notification]
+    ) -> Sequence[Notification]:
+        """Keep the notifications of this follower's topics (all, if it has none)."""
+        topics = self.topics
+        if topics:
+            return [n for n in notifications if n.topic in topics]
+        return notifications
+
+    def convert_notifications(
+        self, leader_name: str, notifications: Iterable[Notification]
+    ) -> list[ProcessingJob[TAggregateID]]:
+        """Decode notifications into ``(domain_event, tracking)`` pairs."""
+        to_domain_event = self.mappers[leader_name].to_domain_event
+        return [
+            (to_domain_event(notification), Tracking(leader_name, notification.id))
+            for notification in notifications
+        ]
+
+
+class Leader(Application[TAggregateID]):
+    """An application that prompts its followers after recording new events.
+
+    ``notify_topics``, when set, restricts the prompts to events of those topics.
+    """
+
+    def __init__(self, env: EnvType | None = None) -> None:
+        """Construct the application, with no followers yet."""
+        super().__init__(env)
+        self.previous_max_notification_id: int | None = None
+        self.followers: list[RecordingEventReceiver[TAggregateID]] = []
+        # Keeps each prompt's previous id consistent with the prompt before it.
+        self._prompt_lock = threading.Lock()
+
+    def lead(self, follower: RecordingEventReceiver[TAggregateID]) -> None:
+        """Prompt ``follower`` after each recording of new events."""
+        self.followers.append(follower)
+
+    def save(
+        self,
+        *objs: MutableOrImmutableAggregate | DomainEventProtocol[TAggregateID] | None,
+        **kwargs: Any,
+    ) -> list[Recording[TAggregateID]]:
+        """Record events as :meth:`Application.save` does, then prompt the followers."""
+        if self.previous_max_notification_id is None:
+            self.previous_max_notification_id = self.recorder.max_notification_id()
+        return super().save(*objs, **kwargs)
+
+    def _notify(self, recordings: list[Recording[TAggregateID]]) -> None:
+        """Prompt every follower with the new recordings (of ``notify_topics``, if set)."""
+        super()._notify(recordings)
+        if self.notify_topics:
+            notify_topics = self.notify_topics
+            recordings = [r for r in recordings if r.notification.topic in notify_topics]
+        if not recordings:
+            return
+        with self._prompt_lock:
+            recording_event = RecordingEvent(
+                self.name, recordings, self.previous_max_notification_id
+            )
+            self.previous_max_notification_id = recordings[-1].notification.id
+        for follower in self.followers:
+            follower.receive_recording_event(recording_event)
+
+
+class ProcessApplication(Leader[TAggregateID], Follower[TAggregateID]):
+    """Follows applications, and leads others with the events its policy records."""
+
+
+# ---------------------------------------------------------------------------
+# System
+# ---------------------------------------------------------------------------
+
+
+class System:
+    """The applications of a system, and which follows which.
+
+    Each pipe is a chain of application classes, each following the one before it.
+    Applications are identified by their ``name``.
+    """
+
+    def __init__(self, pipes: Iterable[Iterable[type[Application[Any]]]]):
+        """Define the system; raise TypeError if an application cannot play its role."""
+        # Remember where the system was defined, so that `topic` can find it.
+        caller = sys._getframe(1)
+        self._module_name: str = caller.f_globals.get("__name__", "")
+        self._classes: dict[str, type[Application[Any]]] = {}
+        self._leader_classes: dict[str, type[Leader[Any]]] = {}
+        self.edges: list[tuple[str, str]] = []
+        for pipe in pipes:
+            previous: str | None = None
+            for cls in pipe:
+                self._classes.setdefault(cls.name, cls)
+                if previous is not None and (previous, cls.name) not in self.edges:
+                    self.edges.append((previous, cls.name))
+                previous = cls.name
+        self.nodes: dict[str, str] = {name: get_topic(c) for name, c in self._classes.items()}
+        self.follows: defaultdict[str, list[str]] = defaultdict(list)
+        self.leads: defaultdict[str, list[str]] = defaultdict(list)
+        for leader_name, follower_name in self.edges:
+            self.leads[leader_name].append(follower_name)
+            self.follows[follower_name].append(leader_name)
+        self.singles = [n for n in self._classes if n not in self.leads and n not in self.follows]
+        self._check_roles()
+
+    def _check_roles(self) -> None:
+        for name in self.follows:
+            if not issubclass(self._classes[name], Follower):
+                msg = f"Not a follower class: {self._classes[name]}"
+                raise TypeError(msg)
+        for name in self.processors:
+            if not issubclass(self._classes[name], ProcessApplication):
+                msg = f"Not a process application class: {self._classes[name]}"
+                raise TypeError(msg)
+
+    @property
+    def leaders(self) -> list[str]:
+        """The names of the applications that others follow."""
+        return list(self.leads)
+
+    @property
+    def leaders_only(self) -> list[str]:
+        """The names of the applications that lead and do not follow."""
+        return [name for name in self.leads if name not in self.follows]
+
+    @property
+    def followers(self) -> list[str]:
+        """The names of the applications that follow others."""
+        return list(self.follows)
+
+    @property
+    def processors(self) -> list[str]:
+        """The names of the applications that both lead and follow."""
+        return [name for name in self.leads if name in self.follows]
+
+    def get_app_cls(self, name: str) -> type[Application[Any]]:
+        """Return the application class named ``name``."""
+        try:
+            return self._classes[name]
+        except KeyError:
+            msg = f"No application named {name!r} in this system; it has {list(self._classes)}"
+            raise KeyError(msg) from None
+
+    def leader_cls(self, name: str) -> type[Leader[Any]]:
+        """Return the class named ``name``, made a :class:`Leader` if it is not one.
+
+        A plain application class is extended with :class:`Leader` (once), so an instance is
+        still an instance of the class the system was defined with.
+        """
+        cls = self.get_app_cls(name)
+        if issubclass(cls, Leader):
+            return cls
+        leader_cls = self._leader_classes.get(name)
+        if leader_cls is None:
+            leader_cls = type(cls.__name__, (Leader, cls), {"name": cls.name})
+            self._leader_classes[name] = leader_cls
+        return leader_cls
+
+    def follower_cls(self, name: str) -> type[Follower[Any]]:
+        """Return the follower class named ``name``."""
+        cls = self.get_app_cls(name)
+        if not issubclass(cls, Follower):
+            msg = f"Not a follower class: {cls}"
+            raise TypeError(msg)
+        return cls
+
+    @property
+    def topic(self) -> str:
+        """The topic of this system, when it is assigned to a module attribute.
+
+        Raises :class:`~eventsourcing.application.ProgrammingError` otherwise.
+        """
+        module = sys.modules.get(self._module_name)
+        for attr, value in vars(module).items() if module is not None else ():
+            if value is self:
+                return f"{self._module_name}:{attr}"
+        msg = (
+            f"Unable to compute topic for system object: {self} is not assigned to an "
+            f"attribute of module {self._module_name!r}; define it at module level"
+        )
+        raise ProgrammingError(msg)
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+
+class RunnerAlreadyStartedError(Exception):
+    """Raised by ``start()`` when the runner is already started."""
+
+
+class NotificationPullingError(Exception):
+    """A follower failed to read a leader's notification log (in a runner's thread)."""
+
+
+class NotificationConvertingError(Exception):
+    """A follower failed to decode a leader's notifications (in a runner's thread)."""
+
+
+class EventProcessingError(Exception):
+    """A follower failed to process events (in a runner's thread)."""
+
+
+class UnknownApplicationError(KeyError):
+    """Raised by ``Runner.get()`` for an application the runner does not have."""
+
+    def __str__(self) -> str:
+        """Return the message without the quotes KeyError would add."""
+        return str(self.args[0]) if self.args else ""
+
+
+# ---------------------------------------------------------------------------
+# Processing one leader's notifications: the single implementation of every runner
+# ---------------------------------------------------------------------------
+
+# The stages of processing, which the threaded runners report their errors by.
+PULL, CONVERT, PROCESS = "pull", "convert", "process"
+
+
+class _LeaderFeed(Generic[TAggregateID]):
+    """One follower's progress through one leader's log, and how it is advanced.
+
+    ``position`` is the last notification id processed (or passed over as not of the
+    follower's topics). Prompts are received from any thread; the work is done by one
+    thread at a time. A prompt either asks the feed to read the leader's log after
+    ``position`` or, with ``keep_recordings``, delivers the new events to process directly.
+    """
+
+    def __init__(
+        self,
+        follower: Follower[TAggregateID],
+        leader_name: str,
+        position: int | None,
+        *,
+        keep_recordings: bool = False,
+        max_inbox: int = 10_000,
+    ):
+        self.follower = follower
+        self.leader_name = leader_name
+        self.position = position
+        self.stage = PULL
+        self.keep_recordings = keep_recordings
+        self.max_inbox = max_inbox
+        self._lock = threading.Lock()
+        self._must_read_log = False
+        self._inbox: list[RecordingEvent[TAggregateID]] = []
+
+    # -- receiving (any thread) ------------------------------------------------------
+
+    def receive(self, recording_event: RecordingEvent[TAggregateID]) -> None:
+        """Note newly recorded events of the leader."""
+        with self._lock:
+            if not self.keep_recordings:
+                self._must_read_log = True
+            elif len(self._inbox) < self.max_inbox:
+                self._inbox.append(recording_event)
+            else:
+                # Too far behind to hold the events: they are all in the log anyway.
+                self._inbox.clear()
+                self._must_read_log = True
+
+    def request_catch_up(self) -> None:
+        """Ask for everything after ``position`` to be read from the log."""
+        with self._lock:
+            self._must_read_log = True
+
+    @property
+    def has_work(self) -> bool:
+        """Whether anything has been received and not yet processed."""
+        return self._must_read_log or bool(self._inbox)
+
+    # -- working (one thread at a time) -----------------------------------------------
+
+    def process_pending(self, should_stop: Callable[[], bool] = bool) -> None:
+        """Process what has been received, in batches, checking ``should_stop`` between."""
+        with self._lock:
+            must_read_log, self._must_read_log = self._must_read_log, False
+            recording_events, self._inbox = self._inbox, []
+        if must_read_log:
+            self.catch_up(should_stop=should_stop)
+        if recording_events:
+            self._process_recording_events(recording_events, should_stop)
+
+    def catch_up(self, stop: int | None = None, should_stop: Callable[[], bool] = bool) -> None:
+        """Read and process the log after ``position`` (up to ``stop``), batch by batch."""
+        batch_size = self.follower.process_batch_size
+        while True:
+            self.stage = PULL
+            notifications, exhausted = self._pull(stop, batch_size)
+            for i in range(0, len(notifications), batch_size):
+                self._process_notifications(notifications[i : i + batch_size])
+            if exhausted or should_stop():
+                return
+
+    def _pull(self, stop: int | None, batch_size: int) -> tuple[list[Notification], bool]:
+        """Read about a batch of notifications; also say whether the log was exhausted."""
+        follower = self.follower
+        pages = follower.pull_notifications(
+            self.leader_name, start=self.position, stop=stop, inclusive_of_start=False
+        )
+        reader = follower.readers.get(self.leader_name)
+        page_size = reader.section_size if reader is not None else 1
+        pulled: list[Notification] = []
+        for page in pages:
+            pulled.extend(page)
+            # A short page is the end of the log: don't ask again just to get nothing.
+            if len(page) < page_size:
+                return pulled, True
+            if len(pulled) >= batch_size:
+                return pulled, False
+        return pulled, True
+
+    def _process_notifications(self, notifications: Sequence[Notification]) -> None:
+        follower = self.follower
+        self.stage = CONVERT
+        selected = follower.filter_received_notifications(notifications)
+        jobs = follower.convert_notifications(self.leader_name, selected)
+        self._record(jobs, notifications[-1].id)
+
+    def _process_recording_events(
+        self,
+        recording_events: list[RecordingEvent[TAggregateID]],
+        should_stop: Callable[[], bool],
+    ) -> None:
+        """Process delivered events, reading gaps from the log; batch across prompts."""
+        leader_name = self.leader_name
+        topics = self.follower.topics
+        batch_size = self.follower.process_batch_size
+        jobs: list[ProcessingJob[TAggregateID]] = []
+        horizon = self.position or 0  # the last id taken into the batch (or processed)
+        for recording_event in recording_events:
+            recordings = recording_event.recordings
+            previous = recording_event.previous_max_notification_id
+            if not recordings or (previous is not None and previous < horizon):
+                continue  # a later prompt has been seen already
+            first_id = recordings[0].notification.id
+            if previous is None or previous > horizon or first_id > horizon + 1:
+                # Something was recorded that no prompt delivered: read it from the log.
+                horizon = self._flush(jobs, horizon)
+                self.catch_up(stop=first_id - 1, should_stop=should_stop)
+                horizon = self.position or 0
+            for recording in recordings:
+                notification = recording.notification
+                if notification.id <= horizon:
+                    continue
+                horizon = notification.id
+                if not topics or notification.topic in topics:
+                    jobs.append((recording.domain_event, Tracking(leader_name, horizon)))
+            if len(jobs) >= batch_size:
+                horizon = self._flush(jobs, horizon)
+            if should_stop():
+                break
+        self._flush(jobs, horizon)
+
+    def _flush(self, jobs: list[ProcessingJob[TAggregateID]], horizon: int) -> int:
+        """Record the jobs taken so far, up to ``horizon``; return the new position."""
+        if horizon > (self.position or 0):
+            self._record(list(jobs), horizon)
+            jobs.clear()
+        return self.position or 0
+
+    def _record(self, jobs: list[ProcessingJob[TAggregateID]], last_id: int) -> None:
+        """Process ``jobs`` and record them with the position ``last_id``, atomically."""
+        follower = self.follower
+        self.stage = PROCESS
+        if follower.processes_each_event:
+            for domain_event, tracking in jobs:
+                follower.process_event(domain_event, tracking)
+        elif jobs:
+            try:
+                follower.process_events(jobs, Tracking(self.leader_name, last_id))
+            except IntegrityError:
+                if not self._resynchronise():
+                    raise
+                return
+        # With no jobs (all of other topics), moving on needs no write: the
+        # notifications would be passed over again.
+        self.position = last_id
+
+    def _resynchronise(self) -> bool:
+        """After a conflict, adopt a position recorded by someone else, if there is one."""
+        recorded = self.follower.recorder.max_tracking_id(self.leader_name)
+        if recorded is not None and (self.position is None or recorded > self.position):
+            self.position = recorded
+            return True
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Runners
+# ---------------------------------------------------------------------------
+
+
+class RunnerState(enum.Enum):
+    """The lifecycle of a runner: READY -> STARTED -> STOPPED -> STARTED -> ..."""
+
+    READY = "ready"
+    STARTED = "started"
+    STOPPED = "stopped"
+
+
+class Runner(ABC, Generic[TAggregateID]):
+    """Runs a :class:`System` with the environment ``env``.
+
+    Use it as a context manager, or call :meth:`start` and :meth:`stop`. A stopped runner
+    can be started again.
+    """
+
+    def __init__(self, system: System, env: EnvType | None = None):
+        """Prepare to run ``system``."""
+        self.system = system
+        self.env = env
+        self.state = RunnerState.READY
+
+    @property
+    def is_started(self) -> bool:
+        """Whether the runner is started (and not stopped since)."""
+        return self.state is RunnerState.STARTED
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start the runner; subclasses call this first.
+
+        Raises :class:`RunnerAlreadyStartedError` if the runner is started already.
+        """
+        if self.state is RunnerState.STARTED:
+            msg = (
+                f"{type(self).__name__} is already started: stop() it before starting it "
+                "again, or use a new runner"
+            )
+            raise RunnerAlreadyStartedError(msg)
+        self.state = RunnerState.STARTED
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the runner; subclasses call this last. Stopping twice does nothing more."""
+        self.state = RunnerState.STOPPED
+
+    @abstractmethod
+    def get(self, cls: type[TApplication]) -> TApplication:
+        """Return the runner's instance of the application class ``cls``."""
+
+    def __enter__(self) -> Self:
+        """Start the runner."""
+        self.start()
+        return self
+
+    def __exit__(self, *args: object, **kwargs: Any) -> None:
+        """Stop the runner."""
+        self.stop()
+
+
+class _InProcessRunner(Runner[TAggregateID]):
+    """What the in-process runners share: the applications, their wiring and their feeds.
+
+    Every application is constructed in ``__init__`` (followers, then leaders, then the
+    others) and again when a stopped runner is started. Starting wires each follower to
+    its leaders' notification logs and gives it one feed per leader, which first catches
+    up with the backlog. Subclasses decide where feeds are processed.
+    """
+
+    keep_recordings: ClassVar[bool] = False
+    QUEUE_MAX_SIZE: ClassVar[int] = 0  # prompts held per feed; 0 means 10,000
+
+    def __init__(self, system: System, env: EnvType | None = None):
+        """Construct every application of ``system``."""
+        super().__init__(system, env)
+        self.apps: dict[str, Application[Any]] = {}
+        self._feeds: dict[str, list[_LeaderFeed[Any]]] = {}
+        self._feeds_by_leader: dict[str, list[_LeaderFeed[Any]]] = {}
+        self._construct_apps()
+
+    def _construct_apps(self) -> None:
+        system = self.system
+        try:
+            for name in system.followers:
+                self.apps[name] = system.follower_cls(name)(env=self.env)
+            for name in system.leaders_only:
+                self.apps[name] = system.leader_cls(name)(env=self.env)
+            for name in system.singles:
+                self.apps[name] = system.get_app_cls(name)(env=self.env)
+        except BaseException:
+            self._close_apps()
+            raise
+
+    def start(self) -> None:
+        """Wire the applications together, then start processing (and catching up).
+
+        A stopped runner constructs its applications again. If starting fails (for example
+        a policy error while catching up, with a single-threaded runner), the runner is
+        left stopped, with its applications closed, and can be started again.
+        """
+        super().start()
+        try:
+            if not self.apps:
+                self._construct_apps()
+            self._wire()
+            self._start_processing()
+        except BaseException:
+            self._halt()
+            raise
+
+    def _wire(self) -> None:
+        max_inbox = self.QUEUE_MAX_SIZE or 10_000
+        self._feeds = {}
+        self._feeds_by_leader = {}
+        for leader_name, follower_name in self.system.edges:
+            leader = self._leader(leader_name)
+            follower = cast("Follower[Any]", self.apps[follower_name])
+            follower.follow(leader_name, leader.notification_log)
+            feed: _LeaderFeed[Any] = _LeaderFeed(
+                follower,
+                leader_name,
+                follower.recorder.max_tracking_id(leader_name),
+                keep_recordings=self.keep_recordings,
+                max_inbox=max_inbox,
+            )
+            feed.request_catch_up()
+            self._feeds.setdefault(follower_name, []).append(feed)
+            self._feeds_by_leader.setdefault(leader_name, []).append(feed)
+
+    def _leader(self, name: str) -> Leader[Any]:
+        return cast("Leader[Any]", self.apps[name])
+
+    @abstractmethod
+    def _start_processing(self) -> None:
+        """Have the leaders prompt, and process the feeds."""
+
+    def stop(self) -> None:
+        """Stop processing and close every application."""
+        if self.state is not RunnerState.STOPPED:
+            self._halt()
+
+    def _halt(self) -> None:
+        try:
+            self._stop_processing()
+        finally:
+            self._close_apps()
+            self._feeds = {}
+            self._feeds_by_leader = {}
+            super().stop()
+
+    def _stop_processing(self) -> None:
+        """Stop processing the feeds (nothing to do when it happens inside save())."""
+
+    def _close_apps(self) -> None:
+        apps = list(self.apps.values())
+        self.apps.clear()
+        for app in apps:
+            app.close()
+
+    def get(self, cls: type[TApplication]) -> TApplication:
+        """Return the runner's instance of ``cls``, which is looked up by ``cls.name``."""
+        name = getattr(cls, "name", None)
+        app = self.apps.get(name) if isinstance(name, str) else None
+        if app is None:
+            raise UnknownApplicationError(self._unknown_application_message(cls))
+        if not isinstance(app, cls):
+            msg = (
+                f"The application named {name!r} in this runner is {type(app)}, which is not "
+                f"an instance of {cls}: two classes share the name {name!r}"
+            )
+            raise TypeError(msg)
+        return app
+
+    def _unknown_application_message(self, cls: type[Any]) -> str:
+        if self.state is RunnerState.STOPPED:
+            return (
+                f"Can't get {cls}: {type(self).__name__} is stopped and its applications "
+                "are closed; start() it again first"
+            )
+        return (
+            f"Application class {cls} is not in this runner's system, which has "
+            f"{list(self.system.nodes)}; add it to a pipe of the System"
+        )
+
+
+class SingleThreadedRunner(_InProcessRunner[TAggregateID], RecordingEventReceiver[TAggregateID]):
+    """Runs a system in the threads that save: processing happens inside ``save()``.
+
+    Every leader prompts the runner; the runner has each follower of the leader process
+    what is new, and carries on until nothing is left, so a whole system settles before
+    ``save()`` returns and a policy error propagates out of ``save()``. Prompts that arrive
+    while processing (from process applications) are queued, not nested.
+    """
+
+    def __init__(self, system: System, env: EnvType | None = None):
+        """Construct every application of ``system``."""
+        super().__init__(system, env)
+        self._recording_events_received: list[RecordingEvent[TAggregateID]] = []
+        self._recording_events_received_lock = threading.Lock()
+        self._processing_lock = threading.Lock()
+
+    def _start_processing(self) -> None:
+        for name in self.system.leaders:
+            self._leader(name).lead(self)
+        self._process_received()  # catch up with the backlog
+
+    def receive_recording_event(self, new_recording_event: RecordingEvent[TAggregateID]) -> None:
+        """Queue the prompt; process everything queued unless already doing so."""
+        with self._recording_events_received_lock:
+            self._recording_events_received.append(new_recording_event)
+        self._process_received()
+
+    def _process_received(self) -> None:
+        # Whoever holds the lock processes everything queued, including prompts from
+        # other threads; after releasing it, look again for prompts that came too late.
+        while self._processing_lock.acquire(blocking=False):
+            try:
+                self._drain()
+            finally:
+                self._processing_lock.release()
+            if not self._recording_events_received:
+                return
+
+    def _drain(self) -> None:
+        feeds_by_leader = self._feeds_by_leader
+        all_feeds = [feed for feeds in self._feeds.values() for feed in feeds]
+        while True:
+            with self._recording_events_received_lock:
+                received, self._recording_events_received = self._recording_events_received, []
+            for recording_event in received:
+                for feed in feeds_by_leader.get(recording_event.application_name, ()):
+                    feed.receive(recording_event)
+            busy = [feed for feed in all_feeds if feed.has_work]
+            if not busy and not received:
+                return
+            for feed in busy:
+                feed.process_pending()
+
+
+class NewSingleThreadedRunner(SingleThreadedRunner[TAggregateID]):
+    """A :class:`SingleThreadedRunner` whose followers process the events a prompt carries.
+
+    The log is read only to fill a gap (events recorded without a prompt reaching the
+    follower); a prompt older than one already seen is ignored.
+    """
+
+    keep_recordings = True
+
+
+class MultiThreadedRunnerThread(RecordingEventReceiver[TAggregateID], threading.Thread):
+    """Processes one follower's feeds in its own thread, woken by its leaders' prompts.
+
+    An error ends the thread: it is kept in ``error``, wrapped in the exception class the
+    runner gives for the stage that failed, and ``has_errored`` is set.
+    """
+
+    def __init__(
+        self,
+        follower: Follower[Any],
+        has_errored: threading.Event,
+        *,
+        feeds: Sequence[_LeaderFeed[Any]] | None = None,
+        error_classes: Mapping[str, type[Exception]] | None = None,
+    ):
+        """Process ``follower``'s ``feeds`` (by default, one per leader it follows)."""
+        super().__init__(daemon=True, name=f"{follower.name} follower")
+        self.follower = follower
+        self.has_errored = has_errored
+        self.error: Exception | None = None
+        self.is_stopping = threading.Event()
+        self.has_started = threading.Event()
+        self.is_prompted = threading.Event()
+        if feeds is None:
+            feeds = [
+                _LeaderFeed(follower, name, follower.recorder.max_tracking_id(name))
+                for name in follower.readers
+            ]
+        self.feeds = {feed.leader_name: feed for feed in feeds}
+        self.error_classes = error_classes or {}
+        if any(feed.has_work for feed in feeds):
+            self.is_prompted.set()
+
+    def run(self) -> None:
+        """Wait for prompts and process the feeds, until stopped or failed."""
+        self.has_started.set()
+        feed: _LeaderFeed[Any] | None = None
+        should_stop = self.is_stopping.is_set
+        try:
+            while True:
+                self.is_prompted.wait()
+                if should_stop():
+                    return
+                # Cleared before processing, so a prompt that comes meanwhile is not lost.
+                self.is_prompted.clear()
+                for feed in self.feeds.values():
+                    if feed.has_work:
+                        feed.process_pending(should_stop)
+        except Exception as error:
+            self._fail(error, feed.stage if feed is not None else PROCESS)
+
+    def _fail(self, error: Exception, stage: str) -> None:
+        error_class = self.error_classes.get(stage, EventProcessingError)
+        wrapped = error_class(str(error))
+        wrapped.__cause__ = error
+        for note in getattr(error, "__notes__", ()):
+            wrapped.add_note(note)
+        self.error = wrapped
+        self.has_errored.set()
+
+    def receive_recording_event(self, new_recording_event: RecordingEvent[TAggregateID]) -> None:
+        """Hand the prompt to the feed of its leader and wake the thread."""
+        feed = self.feeds.get(new_recording_event.application_name)
+        if feed is not None:
+            feed.receive(new_recording_event)
+            self.is_prompted.set()
+
+    def stop(self) -> None:
+        """Ask the thread to finish after the current batch."""
+        self.is_stopping.set()
+        self.is_prompted.set()
+
+
+class MultiThreadedRunner(_InProcessRunner[TAggregateID]):
+    """Runs each follower in its own thread; leaders' prompts wake the threads.
+
+    ``save()`` returns as soon as the events are recorded. A processing error stops the
+    follower's thread and sets ``has_errored``; :meth:`stop` (and :meth:`watch_for_errors`)
+    re-raise it as :class:`EventProcessingError`.
+    """
+
+    JOIN_TIMEOUT: ClassVar[float] = 10.0
+    error_classes: ClassVar[Mapping[str, type[Exception]]] = {
+        PULL: EventProcessingError,
+        CONVERT: EventProcessingError,
+        PROCESS: EventProcessingError,
+    }
+
+    def __init__(self, system: System, env: EnvType | None = None):
+        """Construct every application of ``system``."""
+        self.has_errored = threading.Event()
+        self.threads: dict[str, MultiThreadedRunnerThread[TAggregateID]] = {}
+        try:
+            super().__init__(system, env)
+        except BaseException:
+            self.has_errored.set()
+            raise
+
+    def _start_processing(self) -> None:
+        self.has_errored.clear()
+        self.threads = {
+            name: MultiThreadedRunnerThread(
+                cast("Follower[Any]", self.apps[name]),
+                self.has_errored,
+                feeds=self._feeds.get(name, ()),
+                error_classes=self.error_classes,
+            )
+            for name in self.system.followers
+        }
+        # Prompts that come before a thread runs wait in its feeds.
+        for leader_name, follower_name in self.system.edges:
+            self._leader(leader_name).lead(self.threads[follower_name])
+        for thread in self.threads.values():
+            thread.start()
+        for thread in self.threads.values():
+            thread.has_started.wait()
+
+    @property
+    def all_threads(self) -> list[MultiThreadedRunnerThread[TAggregateID]]:
+        """Every thread of the runner."""
+        return list(self.threads.values())
+
+    def watch_for_errors(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` for a thread to fail; if one did, stop (which raises).
+
+        Returns False when nothing failed within the timeout.
+        """
+        if self.has_errored.wait(timeout=timeout):
+            self.stop()
+        return self.has_errored.is_set()
+
+    def _stop_processing(self) -> None:
+        for thread in self.threads.values():
+            thread.stop()
+        for thread in self.threads.values():
+            if thread.is_alive():
+                thread.join(timeout=self.JOIN_TIMEOUT)
+
+    def stop(self) -> None:
+        """Stop the threads, close the applications, and re-raise a thread's error."""
+        if self.state is not RunnerState.STOPPED:
+            self._halt()
+            self.reraise_thread_errors()
+
+    def reraise_thread_errors(self) -> None:
+        """Raise the error of the first thread that failed, if any did."""
+        for thread in self.threads.values():
+            if thread.error is not None:
+                raise thread.error
+
+
+class NewMultiThreadedRunner(
+    MultiThreadedRunner[TAggregateID], RecordingEventReceiver[TAggregateID]
+):
+    """A :class:`MultiThreadedRunner` whose followers process the events a prompt carries.
+
+    The log is read only to fill a gap. Errors are reported by stage, as
+    :class:`NotificationPullingError`, :class:`NotificationConvertingError` or
+    :class:`EventProcessingError`.
+    """
+
+    keep_recordings = True
+    QUEUE_MAX_SIZE: ClassVar[int] = 0
+    error_classes: ClassVar[Mapping[str, type[Exception]]] = {
+        PULL: NotificationPullingError,
+        CONVERT: NotificationConvertingError,
+        PROCESS: EventProcessingError,
+    }
+
+    def receive_recording_event(self, new_recording_event: RecordingEvent[TAggregateID]) -> None:
+        """Pass a prompt to the threads of the leader's followers."""
+        for follower_name in self.system.leads.get(new_recording_event.application_name, ()):
+            thread = self.threads.get(follower_name)
+            if thread is not None:
+                thread.receive_recording_event(new_recording_event)
