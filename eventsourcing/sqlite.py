@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from functools import cache
@@ -393,6 +394,28 @@ def _lock_holder_for_database(db_name: str, is_memory: bool) -> _LockHolder:
         return holder
 
 
+class _WriteRequest:
+    """A write waiting to be run by whichever thread next holds the write lock."""
+
+    __slots__ = ("done", "error", "func", "result", "transaction")
+
+    def __init__(self, func: Callable[[sqlite3.Cursor], Any], transaction: bool) -> None:
+        self.func = func
+        self.transaction = transaction
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def _group_failure(error: BaseException) -> BaseException:
+    """Return a new exception (one per waiting thread) for a group commit that failed."""
+    if isinstance(error, sqlite3.Error):
+        return translate_error(error)
+    if isinstance(error, PersistenceError):
+        return type(error)(*error.args)
+    return PersistenceError(f"Group commit failed, nothing was written: {error!r}")
+
+
 class SQLiteDatastore:
     """Connections to one SQLite database, shared by the recorders of one factory.
 
@@ -432,6 +455,7 @@ class SQLiteDatastore:
         self._lock_holder = _lock_holder_for_database(db_name, self.is_memory)
         self.write_lock = self._lock_holder.lock
         self._writer: SQLiteConnection | None = None
+        self._pending_writes: deque[_WriteRequest] = deque()
         self._wakers: tuple[Event, ...] = ()
         self._wakers_lock = Lock()
 
@@ -493,32 +517,102 @@ class SQLiteDatastore:
             pool.put_connection(conn)
 
     def write(self, func: Callable[[sqlite3.Cursor], _T], *, transaction: bool) -> _T:
-        """Call ``func`` with the writer's cursor, under the write lock.
+        """Call ``func`` with the writer's cursor, under the write lock; return its result.
 
-        With ``transaction`` the call runs between ``BEGIN IMMEDIATE`` and ``COMMIT`` and
-        is rolled back on any error; without, ``func`` must make one statement (atomic by
+        With ``transaction`` the call runs between ``BEGIN IMMEDIATE`` and ``COMMIT`` and is
+        rolled back on any error; without, ``func`` must make one statement (atomic by
         itself in autocommit mode). Subscribers are woken after the write.
+
+        Writes from threads that find the lock taken are committed together (group
+        commit): the next thread to get the lock runs every queued write in one
+        transaction, each in its own savepoint, so a failed write is undone alone while
+        the others share one commit, and so one fsync.
         """
-        with self.write_lock:
-            writer = self._get_writer()
-            cursor = writer.tuple_cursor
+        if self.write_lock.acquire(blocking=False):
             try:
-                if not transaction:
-                    result = func(cursor)
-                else:
-                    cursor.execute("BEGIN IMMEDIATE")
-                    try:
-                        result = func(cursor)
-                        cursor.execute("COMMIT")
-                    except BaseException:
-                        if writer.sqlite_conn.in_transaction:
-                            writer.sqlite_conn.rollback()
-                        raise
-            except sqlite3.Error as e:
-                raise translate_error(e) from e
+                result = self._write_alone(func, transaction)
+            finally:
+                self.write_lock.release()
+        else:
+            result = self._write_in_group(func, transaction)
         if self._wakers:
             self.wake_subscribers()
         return result
+
+    def _write_alone(self, func: Callable[[sqlite3.Cursor], _T], transaction: bool) -> _T:
+        # Called with the write lock held.
+        writer = self._get_writer()
+        cursor = writer.tuple_cursor
+        try:
+            if not transaction:
+                return func(cursor)
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                result = func(cursor)
+                cursor.execute("COMMIT")
+            except BaseException:
+                if writer.sqlite_conn.in_transaction:
+                    writer.sqlite_conn.rollback()
+                raise
+            return result
+        except sqlite3.Error as e:
+            raise translate_error(e) from e
+
+    def _write_in_group(self, func: Callable[[sqlite3.Cursor], _T], transaction: bool) -> _T:
+        request = _WriteRequest(func, transaction)
+        self._pending_writes.append(request)
+        with self.write_lock:
+            if not request.done:
+                batch = []
+                pending = self._pending_writes
+                while pending:
+                    batch.append(pending.popleft())
+                self._run_group(batch)
+        if request.error is not None:
+            raise request.error
+        return request.result  # type: ignore[no-any-return]
+
+    def _run_group(self, batch: list[_WriteRequest]) -> None:
+        # Called with the write lock held. Every request is marked done, whatever happens.
+        try:
+            if len(batch) == 1:
+                request = batch[0]
+                try:
+                    request.result = self._write_alone(request.func, request.transaction)
+                except BaseException as e:
+                    request.error = e
+            else:
+                self._commit_group(batch)
+        finally:
+            for request in batch:
+                request.done = True
+
+    def _commit_group(self, batch: list[_WriteRequest]) -> None:
+        try:
+            writer = self._get_writer()
+            cursor = writer.tuple_cursor
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                for request in batch:
+                    cursor.execute("SAVEPOINT request")
+                    try:
+                        request.result = request.func(cursor)
+                    except Exception as e:
+                        cursor.execute("ROLLBACK TO request")
+                        request.error = translate_error(e) if isinstance(e, sqlite3.Error) else e
+                    cursor.execute("RELEASE request")
+                cursor.execute("COMMIT")
+            except BaseException:
+                if writer.sqlite_conn.in_transaction:
+                    writer.sqlite_conn.rollback()
+                raise
+        except BaseException as e:
+            # Nothing was committed, so every write in the group failed.
+            for request in batch:
+                request.result = None
+                request.error = _group_failure(e)
+            if not isinstance(e, Exception):
+                raise  # KeyboardInterrupt and the like belong to this thread.
 
     def add_waker(self, event: Event) -> None:
         """Set ``event`` after every write through this datastore."""

@@ -871,6 +871,42 @@ class ConcurrencyTests(TmpDirMixin):
         for maxima in seen_maxima:
             self.assertEqual(maxima, sorted(maxima), "readers never go backwards")
 
+    def test_group_commit_fails_only_the_conflicting_write(self) -> None:
+        recorder = self.recorder()
+        datastore = recorder.datastore
+        taken = uuid4()
+        recorder.insert_events(stored_events(taken, range(1, 2)))
+        batches = [stored_events(uuid4(), range(1, 4)) for _ in range(4)]
+        batches.insert(2, stored_events(uuid4(), range(1, 3)) + stored_events(taken, range(1, 2)))
+        results: dict[int, Any] = {}
+
+        def insert(index: int) -> None:
+            try:
+                results[index] = recorder.insert_events(batches[index])
+            except Exception as e:
+                results[index] = e
+
+        # Hold the write lock so that every write queues up, then let them go together.
+        with datastore.write_lock:
+            threads = [threading.Thread(target=insert, args=(i,)) for i in range(len(batches))]
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 5
+            while len(datastore._pending_writes) < len(batches):
+                self.assertLess(time.monotonic(), deadline, "writes did not queue")
+                time.sleep(0.001)
+        for thread in threads:
+            thread.join()
+
+        self.assertIsInstance(results.pop(2), IntegrityError)
+        ids = sorted(i for r in results.values() for i in r)
+        self.assertEqual(ids, list(range(2, 14)), "four batches of three after event 1")
+        for r in results.values():
+            self.assertEqual(r, list(range(r[0], r[0] + 3)))
+        self.assertEqual(recorder.max_notification_id(), 13)
+        self.assertEqual(len(recorder.select_events(taken)), 1)
+        self.assertEqual(recorder.select_events(batches[2][0].originator_id), [])
+
     def test_non_interleaving_batches(self) -> None:
         recorder = self.recorder()
         first, second = uuid4(), uuid4()
