@@ -21,14 +21,18 @@ Guarantees:
 
 * Durability: file databases run in WAL mode with ``synchronous=FULL``, so a write is on
   disk when ``insert_events`` returns.
-* Atomicity: each ``insert_events`` call (with its tracking record, if any) is one
-  transaction; a version conflict raises ``IntegrityError`` and writes nothing.
-* Ordering: notification ids are SQLite rowids: strictly increasing, and contiguous within
-  one call.
+* Atomicity: each ``insert_events`` call (with its tracking record, if any) is all or
+  nothing; a version conflict raises ``IntegrityError`` and writes nothing.
+* Ordering: notification ids are SQLite rowids, strictly increasing and contiguous within
+  one call. Ids are committed in order (one writer at a time), so a reader never sees a gap
+  that is filled later.
 * Concurrency: each datastore has one writer connection, used under a lock, so writers are
-  serialised; readers use pooled connections and run concurrently with the writer. Other
-  processes may share a file database (SQLite's file locks, waiting up to the lock timeout).
-  An in-memory database has one connection and all access to it is serialised.
+  serialised; writes that arrive while another is running are committed together (group
+  commit, one savepoint each, so a conflict fails only its own call). Readers use pooled
+  connections and run concurrently with the writer (WAL). Other processes may share a file
+  database (SQLite's file locks, waiting up to the lock timeout). An in-memory database
+  has one connection per datastore, and all access to it is serialised (across datastores
+  too, for a shared-cache database).
 * Subscriptions: ``subscribe()`` is woken after each commit made through the same
   datastore, and polls every ``SQLiteSubscription.poll_interval`` seconds for writes made
   by other processes.
@@ -716,10 +720,13 @@ def _chunk_sizes(num_rows: int, max_chunk: int) -> list[int]:
     return sizes
 
 
+_NO_ID = object()
+
+
 def _event_params(stored_events: Sequence[StoredEvent]) -> list[Any]:
     """Flatten stored events into INSERT parameters, UUID ids as 32-character hex."""
     params: list[Any] = []
-    last_id: object = None
+    last_id: object = _NO_ID
     last_key: Any = None
     for s in stored_events:
         originator_id = s.originator_id
@@ -843,11 +850,14 @@ class SQLiteAggregateRecorder(SQLiteRecorder, AggregateRecorder):
                 # No rows, but still fail as inserting would if the table is missing.
                 cursor.executemany(self.insert_events_statement, ())
                 return 0
-            start = 0
-            for size in sizes:
-                end = start + size * 4
-                cursor.execute(self._get_insert_statement(size), params[start:end])
-                start = end
+            if len(sizes) == 1:
+                cursor.execute(self._get_insert_statement(sizes[0]), params)
+            else:
+                start = 0
+                for size in sizes:
+                    end = start + size * 4
+                    cursor.execute(self._get_insert_statement(size), params[start:end])
+                    start = end
             return cursor.lastrowid or 0
 
         # A single multi-row INSERT is atomic by itself in autocommit mode, so the common
