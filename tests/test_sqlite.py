@@ -10,6 +10,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from itertools import count
 from typing import Any, Literal
 from unittest import TestCase
@@ -997,7 +998,7 @@ class TestSubscriptions(TmpDirMixin):
         recorder.create_table()
         return recorder
 
-    def next_with_timeout(self, subscription: SQLiteSubscription, timeout: float) -> Any:
+    def next_with_timeout(self, subscription: Iterator[Any], timeout: float) -> Any:
         result: list[Any] = []
         thread = threading.Thread(target=lambda: result.append(next(subscription)), daemon=True)
         thread.start()
@@ -1037,6 +1038,25 @@ class TestSubscriptions(TmpDirMixin):
             self.assertEqual(output.strip(), "[2]")
             notification = self.next_with_timeout(subscription, 5)
             self.assertEqual((notification.id, notification.topic), (2, "other"))
+
+    def test_application_subscription(self) -> None:
+        from eventsourcing.application import Application
+        from eventsourcing.domain import Aggregate
+        from eventsourcing.projection import ApplicationSubscription
+
+        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": self.new_file_db()}
+        app: Application[UUID] = Application(env=env)
+        self.addCleanup(app.close)
+        first = Aggregate()
+        app.save(first)
+        with ApplicationSubscription(app, gt=None) as subscription:
+            domain_event, tracking = self.next_with_timeout(subscription, 2)
+            self.assertEqual((domain_event.originator_id, tracking.notification_id), (first.id, 1))
+            second = Aggregate()
+            app.save(second)
+            domain_event, tracking = self.next_with_timeout(subscription, 2)
+            self.assertEqual((domain_event.originator_id, tracking.notification_id), (second.id, 2))
+            self.assertEqual(tracking.application_name, app.name)
 
     def test_stop_ends_iteration_and_threads(self) -> None:
         recorder = self.recorder(self.new_memory_db())
