@@ -452,7 +452,11 @@ class CanInitAggregate(CanMutateAggregate[TAggregateID]):
         """Construct the aggregate without calling the class, then apply this event."""
         cls = resolve_topic(self.originator_topic)
         agg = cls.__new__(cls)
-        agg.__base_init__(self.originator_id, self.originator_version, self.timestamp)
+        agg.__base_init__(
+            originator_id=self.originator_id,
+            originator_version=self.originator_version,
+            timestamp=self.timestamp,
+        )
         names, takes_id, copied = _init_params(cls)
         state = self.__dict__
         kwargs = {k: state[k] for k in names if k in state}
@@ -849,8 +853,28 @@ class BoundCommandMethodDecorator:
         self.trigger(*args, **kwargs)
 
 
+@overload
+def event(arg: TDecoratableType, /) -> TDecoratableType: ...
+
+
+@overload
 def event(
-    arg: str | type | Callable[..., Any] | property | None = None, *, topic: str | None = None
+    arg: type[CanMutateAggregate[Any] | AbstractDecision], /
+) -> Callable[[TDecoratableType], TDecoratableType]: ...
+
+
+@overload
+def event(
+    arg: str, /, *, topic: str | None = None
+) -> Callable[[TDecoratableType], TDecoratableType]: ...
+
+
+@overload
+def event(arg: None = None, /) -> Callable[[TDecoratableType], TDecoratableType]: ...
+
+
+def event(
+    arg: str | type | Callable[..., Any] | property | None = None, /, *, topic: str | None = None
 ) -> Any:
     """Make a method of an aggregate trigger an event instead of running directly.
 
