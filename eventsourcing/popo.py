@@ -136,32 +136,56 @@ class POPOAggregateRecorder(POPORecorder, AggregateRecorder):
         ``keys`` are the events' originator ids as :func:`_position_key` makes them.
         """
         streams = self._streams
+        # A batch is usually one run of increasing versions per aggregate, with the same id
+        # object throughout a run: then looking up each run once is enough, and the batch
+        # can't repeat a position. (Hashing a UUID runs Python code, so this matters.)
+        run_keys: set[UUID | str] = set()
+        well_formed = True
+        prev_key: object = None
+        prev_version = 0
+        stream: _Stream | None = None
         for key, event in zip(keys, stored_events, strict=True):
-            stream = streams.get(key)
-            if stream is not None and stream.has_version(event.originator_version):
+            version = event.originator_version
+            if key is not prev_key:
+                if key in run_keys:
+                    well_formed = False
+                run_keys.add(key)
+                stream = streams.get(key)
+                prev_key = key
+            elif version <= prev_version:
+                well_formed = False
+            prev_version = version
+            if stream is not None and stream.has_version(version):
                 raise IntegrityError(
                     f"Event already stored at position: originator_id '{key}', "
-                    f"originator_version {event.originator_version} (reload the aggregate "
-                    "and retry)"
+                    f"originator_version {version} (reload the aggregate and retry)"
                 )
-        if len(stored_events) > 1:
-            positions = {
-                (k, e.originator_version) for k, e in zip(keys, stored_events, strict=True)
-            }
-            if len(positions) < len(stored_events):
-                raise IntegrityError(
-                    f"Batch of {len(stored_events)} events repeats a position "
-                    "(originator_id, originator_version): each event needs its own version"
-                )
+        if not well_formed:
+            self._check_batch_positions(stored_events, keys)
+
+    @staticmethod
+    def _check_batch_positions(
+        stored_events: Sequence[StoredEvent], keys: list[UUID | str]
+    ) -> None:
+        positions = {(k, e.originator_version) for k, e in zip(keys, stored_events, strict=True)}
+        if len(positions) < len(stored_events):
+            raise IntegrityError(
+                f"Batch of {len(stored_events)} events repeats a position "
+                "(originator_id, originator_version): each event needs its own version"
+            )
 
     def _write(
         self, stored_events: Sequence[StoredEvent], keys: list[UUID | str], **kwargs: Any
     ) -> None:
         streams = self._streams
+        prev_key: object = None
+        stream: _Stream | None = None
         for key, event in zip(keys, stored_events, strict=True):
-            stream = streams.get(key)
-            if stream is None:
-                stream = streams[key] = _Stream()
+            if key is not prev_key or stream is None:
+                stream = streams.get(key)
+                if stream is None:
+                    stream = streams[key] = _Stream()
+                prev_key = key
             stream.add(event)
         self._stored_events.extend(stored_events)
 

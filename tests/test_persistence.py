@@ -932,3 +932,16 @@ def test_connection_lifecycle() -> None:
     conn.close()
     conn.close()
     assert conn.closed and conn.close_calls == 1
+
+
+def test_value_objects_pickle_and_copy() -> None:
+    import copy
+    import pickle
+
+    notification = Notification(uuid4(), 1, "t", b"s", 3)
+    for obj in (notification, StoredEvent("a", 1, "t", b""), Tracking("app", 2)):
+        assert pickle.loads(pickle.dumps(obj)) == obj
+        assert copy.deepcopy(obj) == obj
+    recording: Recording[UUID] = Recording("event", notification)
+    assert pickle.loads(pickle.dumps(recording)) == recording
+    assert not hasattr(notification, "__dict__")  # one GC-tracked object per record

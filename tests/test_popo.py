@@ -275,3 +275,22 @@ def test_subscription_keeps_up_with_a_concurrent_writer() -> None:
         ids = [n.id for _, n in zip(range(total), subscription, strict=False)]
     writer.join()
     assert ids == list(range(1, total + 1))
+
+
+def test_batch_positions_are_checked_however_the_batch_is_ordered() -> None:
+    recorder = POPOAggregateRecorder()
+    a, b = uuid4(), uuid4()
+    with pytest.raises(IntegrityError, match="repeats a position"):
+        recorder.insert_events(
+            [StoredEvent(a, 1, "t", b""), StoredEvent(b, 1, "t", b""), StoredEvent(a, 1, "t", b"")]
+        )
+    with pytest.raises(IntegrityError, match="repeats a position"):  # equal, not identical ids
+        recorder.insert_events(
+            [StoredEvent(a, 1, "t", b""), StoredEvent(UUID(str(a)), 1, "t", b"")]
+        )
+    assert recorder.select_events(a) == []
+    # Unique positions in any order are fine.
+    recorder.insert_events(
+        [StoredEvent(a, 2, "t", b""), StoredEvent(b, 1, "t", b""), StoredEvent(a, 1, "t", b"")]
+    )
+    assert [e.originator_version for e in recorder.select_events(a)] == [1, 2]
