@@ -922,13 +922,15 @@ def _check_decorated_property(prop: property, name_missing: bool) -> None:
     if prop.fset is None:
         getter = cast(Callable[..., Any], prop.fget)
         raise TypeError(f"@event can't decorate {getter.__name__}() property getter")
+    setter: Any = prop.fset
+    if isinstance(setter, CommandMethodDecorator):
+        setter = setter.decorated_func
     if name_missing:
         # An event named after a property ("Name") would not say what happened.
-        setter: Any = prop.fset
-        if isinstance(setter, CommandMethodDecorator):
-            setter = setter.decorated_func
-        setter_name = setter.__name__
-        raise TypeError(f"@event decorator on @{setter_name}.setter requires event name or class")
+        raise TypeError(
+            f"@event decorator on @{setter.__name__}.setter requires event name or class"
+        )
+    _check_params_supported(setter)
 
 
 # ---------------------------------------------------------------------------------------

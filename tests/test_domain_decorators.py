@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 import pytest
 
@@ -22,7 +23,7 @@ from eventsourcing.domain import (
     event,
     triggers,
 )
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import get_method_name, get_topic, resolve_topic
 
 
 def field_names(cls: Any) -> list[str]:
@@ -350,6 +351,38 @@ def test_bound_command_method_decorator() -> None:
     assert bound.__name__ == "record"
 
 
+def test_decorated_function_assigned_to_another_name() -> None:
+    class Dial(Aggregate):
+        def value_changed(self, value: int) -> None:
+            self.value = value
+
+        set_value = event(value_changed)
+        set_other = event("OtherSet")(value_changed)
+
+    dial = Dial()
+    dial.set_value(value=1)
+    dial.set_other(2)
+    assert dial.value == 2
+    assert added_names(dial) == ["ValueChanged", "OtherSet"]
+    dial.value_changed(3)  # the undecorated function is still a plain method
+    assert dial.value == 3
+    assert len(dial.pending_events) == 3
+
+
+def test_decorated_method_keeps_annotations_module_and_name() -> None:
+    class Dial(Aggregate):
+        @event
+        def turned(self, a: int) -> None:
+            pass
+
+    expected = {"a": "int", "return": "None"}
+    assert Dial.turned.__annotations__ == expected
+    assert Dial().turned.__annotations__ == expected
+    assert Dial.turned.__module__ == __name__
+    assert Dial().turned.__module__ == __name__
+    assert get_method_name(Dial().turned) == get_method_name(Dial.turned)
+
+
 def test_registries() -> None:
     decorator = Recorder.__dict__["record"]
     assert decorated_func_callers[decorator] is Recorder.Recorded
@@ -383,6 +416,55 @@ def test_decorated_init_is_the_plain_function() -> None:
     dog = Dog("rex")
     assert dog.name == "rex"
     assert field_names(Dog.Registered)[-1] == "name"
+
+
+def test_decorated_init_with_id_parameter() -> None:
+    class Index(Aggregate):
+        @event("Started")
+        def __init__(self, id: UUID, name: str) -> None:
+            self.seen_id = id
+            self.name = name
+
+        @staticmethod
+        def create_id(name: str) -> UUID:
+            return uuid5(NAMESPACE_URL, f"/pages/{name}")
+
+    index_id = Index.create_id("home")
+    index = Index(name="home", id=index_id)
+    assert (index.id, index.seen_id) == (index_id, index_id)
+    assert "id" not in field_names(Index.Started)
+
+
+def test_init_and_given_created_class_that_do_not_match() -> None:
+    class NeedsA(Aggregate):
+        class Started(AggregateCreated):
+            a: int
+
+        @event(Started)
+        def __init__(self) -> None:
+            pass
+
+    class TakesA(Aggregate):
+        class Started(AggregateCreated):
+            pass
+
+        @event(Started)
+        def __init__(self, a: int) -> None:
+            self.a = a
+
+    with pytest.raises(TypeError) as cm:
+        NeedsA()
+    assert str(cm.value).startswith(f"Unable to construct '{NeedsA.Started.__qualname__}' event:")
+    assert str(cm.value).endswith("missing 1 required positional argument: 'a'")
+    with pytest.raises(TypeError) as cm:
+        NeedsA(a=1)  # type: ignore[call-arg]
+    assert str(cm.value) == (
+        f"{get_method_name(NeedsA.__init__)}() got an unexpected keyword argument 'a'"
+    )
+    with pytest.raises(TypeError) as cm:
+        TakesA(a=1)
+    assert str(cm.value).startswith(f"Unable to construct '{TakesA.Started.__qualname__}' event:")
+    assert str(cm.value).endswith("__init__() got an unexpected keyword argument 'a'")
 
 
 # ---------------------------------------------------------------------------------------
@@ -615,6 +697,47 @@ def test_unsupported_parameters(source: str, message: str, decorator: Any) -> No
         decorated = decorator(namespace["f"])
         type("Bad", (Aggregate,), {"f": decorated})
     assert str(cm.value) == message
+
+
+@pytest.mark.parametrize("spelling", ["event over setter", "setter over event"])
+def test_unsupported_parameters_of_property_setters(spelling: str) -> None:
+    with pytest.raises(TypeError) as cm:
+
+        class Bad(Aggregate):
+            @property
+            def name(self) -> None:
+                return None
+
+            if spelling == "event over setter":
+
+                @event("NameSet")
+                @name.setter
+                def name(self, **kwargs: Any) -> None:
+                    pass
+
+            else:
+
+                @name.setter
+                @event("NameSet")
+                def name(self, **kwargs: Any) -> None:
+                    pass
+
+    assert str(cm.value) == "**kwargs not supported by decorator on name()"
+
+
+@pytest.mark.parametrize("wrapper", [staticmethod, classmethod])
+def test_static_and_class_methods_cannot_be_decorated(wrapper: Any) -> None:
+    def method(*args: Any) -> None:
+        pass
+
+    with pytest.raises(TypeError) as cm:
+        event(wrapper(method))
+    assert str(cm.value).endswith(
+        " is not a str, function, property, or subclass of CanMutateAggregate"
+    )
+    with pytest.raises(TypeError) as cm:
+        event("Named")(wrapper(method))
+    assert str(cm.value).endswith(" is not a function or property")
 
 
 def test_empty_event_name() -> None:

@@ -193,6 +193,13 @@ def test_register_topic_for_renamed_package() -> None:
     assert resolve_topic("oldpackage.utils:get_topic") is get_topic
 
 
+def test_register_topic_for_module_moved_into_package() -> None:
+    register_topic("old.eventsourcing.domain", eventsourcing.domain)
+    register_topic("old.old", eventsourcing.domain)
+    assert resolve_topic("old.eventsourcing.domain:Aggregate") is Aggregate
+    assert resolve_topic("old.old:Aggregate.Created") is Aggregate.Created
+
+
 def test_register_topic_prefix_failures_raise_topic_error() -> None:
     register_topic("oldpackage", eventsourcing)
     with pytest.raises(TopicError) as cm:
