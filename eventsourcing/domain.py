@@ -741,8 +741,6 @@ class CommandMethodDecorator:
         if isinstance(decorated, property):
             self.decorated_property = decorated
             decorated = cast(Callable[..., Any], decorated.fset)
-            if isinstance(decorated, CommandMethodDecorator):
-                decorated = decorated.decorated_func
         self.decorated_func: Callable[..., Any] = decorated
         self.is_name_inferred_from_method = event_name is None and event_class is None
         self.event_cls: type[DecoratedFuncCaller[Any]] | None = None
@@ -896,7 +894,7 @@ def event(
             )
         given = arg
         return lambda f: _decorate(f, None, given, topic)
-    if isinstance(arg, FunctionType | property | CommandMethodDecorator):
+    if isinstance(arg, FunctionType | property):
         return _decorate(arg, None, None, topic)
     raise TypeError(f"{arg} is not a str, function, property, or subclass of CanMutateAggregate")
 
@@ -907,8 +905,6 @@ triggers = event
 def _decorate(
     obj: Any, name: str | None, given: type | None, topic: str | None
 ) -> CommandMethodDecorator:
-    if isinstance(obj, CommandMethodDecorator):  # @event stacked on @x.setter(@event)
-        obj = obj.decorated_property or obj.decorated_func
     if isinstance(obj, property):
         _check_decorated_property(obj, name is None and given is None)
     elif not isinstance(obj, FunctionType):
@@ -922,9 +918,9 @@ def _check_decorated_property(prop: property, name_missing: bool) -> None:
     if prop.fset is None:
         getter = cast(Callable[..., Any], prop.fget)
         raise TypeError(f"@event can't decorate {getter.__name__}() property getter")
-    setter: Any = prop.fset
-    if isinstance(setter, CommandMethodDecorator):
-        setter = setter.decorated_func
+    setter = prop.fset
+    if not isinstance(setter, FunctionType):  # e.g. decorated twice
+        raise TypeError(f"{setter} is not a function or property")
     if name_missing:
         # An event named after a property ("Name") would not say what happened.
         raise TypeError(

@@ -828,6 +828,19 @@ def test_no_event_class_anywhere() -> None:
     )
 
 
+def test_event_class_but_no_created_class() -> None:
+    class NoCreated(BaseAggregate[UUID]):
+        class Event(AggregateEvent):
+            pass
+
+        class Happened(Event):
+            pass
+
+    with pytest.raises(TypeError) as cm:
+        NoCreated()
+    assert str(cm.value) == "No \"created\" event classes defined on class 'NoCreated'."
+
+
 def test_event_class_needed_by_decorator() -> None:
     with pytest.raises(TypeError, match="Base event class 'Event' not defined on"):
 

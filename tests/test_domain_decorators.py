@@ -154,6 +154,24 @@ def test_event_with_class_lacking_a_parameter_uses_its_default() -> None:
     assert field_names(type(dog.pending_events[-1]))[-1] == "a"
 
 
+def test_argument_errors_of_method_whose_parameters_are_not_all_fields() -> None:
+    class Dog(Aggregate):
+        class Done(Aggregate.Event):
+            a: int
+
+        @event(Done)
+        def do(self, a: int, b: int = 2) -> None:
+            pass
+
+    dog = Dog()
+    with pytest.raises(TypeError) as cm:
+        dog.do(1, 2, 3)
+    assert str(cm.value) == f"{Dog.__qualname__}.do() takes 3 positional arguments but 4 were given"
+    with pytest.raises(TypeError) as cm:
+        dog.do()
+    assert str(cm.value) == f"{Dog.__qualname__}.do() missing 1 required positional argument: 'a'"
+
+
 def test_given_class_apply_runs_after_the_method_body() -> None:
     class Dog(Aggregate):
         def __init__(self) -> None:
@@ -467,6 +485,15 @@ def test_init_and_given_created_class_that_do_not_match() -> None:
     assert str(cm.value).endswith("__init__() got an unexpected keyword argument 'a'")
 
 
+def test_decorated_init_outside_aggregate_class_is_the_plain_function() -> None:
+    class NotAnAggregate:
+        @event("Started")
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    assert NotAnAggregate("x").name == "x"
+
+
 # ---------------------------------------------------------------------------------------
 # Inheritance
 
@@ -737,6 +764,23 @@ def test_static_and_class_methods_cannot_be_decorated(wrapper: Any) -> None:
     )
     with pytest.raises(TypeError) as cm:
         event("Named")(wrapper(method))
+    assert str(cm.value).endswith(" is not a function or property")
+
+
+def test_decorating_a_decorated_method_again() -> None:
+    def method(self: Any) -> None:
+        pass
+
+    with pytest.raises(TypeError) as cm:
+        event("Outer")(event("Inner")(method))
+    assert str(cm.value).endswith(" is not a function or property")
+    with pytest.raises(TypeError) as cm:
+        event(event("Inner")(method))
+    assert str(cm.value).endswith(
+        " is not a str, function, property, or subclass of CanMutateAggregate"
+    )
+    with pytest.raises(TypeError) as cm:  # 9.5.6 fails an assertion here
+        event("Outer")(property(None, event("Inner")(method)))
     assert str(cm.value).endswith(" is not a function or property")
 
 

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 from uuid import UUID, uuid4
 
 import pytest
@@ -185,6 +185,13 @@ def test_originator_id_type_from_generic_argument() -> None:
     assert StrSnapshot.originator_id_type is str
     assert StrCreated.originator_id_type is str
     assert AnyEvent.originator_id_type is None
+
+
+def test_originator_id_type_declared_in_class_body_is_kept() -> None:
+    class Declared(CanMutateAggregate[UUID]):
+        originator_id_type = str  # type: ignore[assignment]
+
+    assert Declared.originator_id_type is str
 
 
 def test_originator_id_type_rejects_other_type_arguments() -> None:
@@ -488,6 +495,21 @@ def test_mutate_works_with_any_mutable_aggregate() -> None:
         ev.mutate(plain)
 
 
+def test_mutate_of_any_mutable_aggregate_checks_the_id() -> None:
+    class Plain:
+        def __init__(self) -> None:
+            self.id = uuid4()
+            self.version = 1
+            self.modified_on = now()
+
+    plain = Plain()
+    ev = Aggregate.Event(originator_id=uuid4(), originator_version=2, timestamp=now())
+    with pytest.raises(OriginatorIDError) as cm:
+        ev.mutate(plain)
+    assert cm.value.args == (ev.originator_id, plain.id)
+    assert plain.version == 1
+
+
 # ---------------------------------------------------------------------------------------
 # CanInitAggregate.mutate
 
@@ -697,6 +719,7 @@ def test_event_class_version_declarations_are_not_fields() -> None:
     assert state == {"name": "unknown"}
 
 
-def test_base_aggregate_is_importable_generic() -> None:
-    assert BaseAggregate[UUID] is not None
+def test_base_aggregate_is_generic() -> None:
+    assert get_origin(BaseAggregate[UUID]) is BaseAggregate
+    assert get_args(BaseAggregate[str]) == (str,)
     assert issubclass(Aggregate, BaseAggregate)
