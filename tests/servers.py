@@ -297,14 +297,14 @@ def _unprivileged_user() -> str:
     return UNPRIVILEGED_USER
 
 
-def _useradd(name: str) -> Any:
+def _useradd(username: str) -> Any:
     import pwd
 
     try:
-        return pwd.getpwnam(name)
+        return pwd.getpwnam(username)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
-        return pwd.getpwnam(name)
+        subprocess.run(["useradd", "--system", "--no-create-home", username], check=True)
+        return pwd.getpwnam(username)
 
 
 def _give_to(user: str, *paths: Path) -> None:
