@@ -499,6 +499,8 @@ class _LeaderFeed(Generic[TAggregateID]):
     follower's topics). Prompts are received from any thread; the work is done by one
     thread at a time. A prompt either asks the feed to read the leader's log after
     ``position`` or, with ``keep_recordings``, delivers the new events to process directly.
+    With ``adopt_recorded_position``, a batch refused because a later position is recorded
+    (another runner processed it) moves the feed on to that position instead of failing.
     """
 
     def __init__(
@@ -509,6 +511,7 @@ class _LeaderFeed(Generic[TAggregateID]):
         *,
         keep_recordings: bool = False,
         max_inbox: int = 10_000,
+        adopt_recorded_position: bool = False,
     ):
         self.follower = follower
         self.leader_name = leader_name
@@ -516,6 +519,7 @@ class _LeaderFeed(Generic[TAggregateID]):
         self.stage = PULL
         self.keep_recordings = keep_recordings
         self.max_inbox = max_inbox
+        self.adopt_recorded_position = adopt_recorded_position
         self._lock = threading.Lock()
         self._must_read_log = False
         self._inbox: list[RecordingEvent[TAggregateID]] = []
@@ -645,7 +649,7 @@ class _LeaderFeed(Generic[TAggregateID]):
             try:
                 follower.process_events(jobs, Tracking(self.leader_name, last_id))
             except IntegrityError:
-                if not self._resynchronise():
+                if not (self.adopt_recorded_position and self._resynchronise()):
                     raise
                 return
         # With no jobs (all of other topics), moving on needs no write: the
@@ -789,6 +793,7 @@ class _InProcessRunner(Runner[TAggregateID]):
                 follower.recorder.max_tracking_id(leader_name),
                 keep_recordings=self.keep_recordings,
                 max_inbox=max_inbox,
+                adopt_recorded_position=True,
             )
             feed.request_catch_up()
             self._feeds.setdefault(follower_name, []).append(feed)
