@@ -367,9 +367,6 @@ class HasOriginatorIDVersion(AbstractDecision, Generic[TAggregateID]):
                         raise TypeError(f"Aggregate ID type arg cannot be {arg}")
 
 
-_aggregate_classes: set[type] = set()  # BaseAggregate and its subclasses
-
-
 class CanMutateAggregate(HasOriginatorIDVersion[TAggregateID], CanCreateTimestamp):
     """An event that changes an existing aggregate, checking its id and version first."""
 
@@ -377,7 +374,10 @@ class CanMutateAggregate(HasOriginatorIDVersion[TAggregateID], CanCreateTimestam
 
     def mutate(self, aggregate: Any) -> Any:
         """Apply this event to ``aggregate``, then advance its version; return it."""
-        if type(aggregate) not in _aggregate_classes:  # cheaper than isinstance with ABCMeta
+        try:
+            # A class attribute of BaseAggregate: cheaper than isinstance() with ABCMeta.
+            type(aggregate)._is_base_aggregate  # noqa: B018
+        except AttributeError:
             return self._mutate_any(aggregate)
         # Hot path: read and write BaseAggregate's attributes directly, not via properties.
         state = aggregate.__dict__
@@ -937,19 +937,30 @@ class MetaAggregate(EventsourcingType, ABCMeta):
     """Metaclass of aggregates: calling an aggregate class triggers its "created" event."""
 
     def __call__(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        if cls is BaseAggregate:
-            raise TypeError("Please define or use subclasses of BaseAggregate.")
-        created = cls.__dict__.get("_created_event_class")
-        if created is None:
-            raise TypeError(_no_created_class_message(cls))
-        binder = cls.__dict__.get("_init_binder")
-        if binder is None:
-            binder = _init_binder(cls)
+        try:
+            created, binder = _constructors[cls]
+        except KeyError:
+            created, binder = _constructor(cls)
         try:
             bound = binder(None, *args, **kwargs)
         except TypeError as e:
             raise _argument_error(e) from None
         return cls._create(created, **bound)
+
+
+# Per aggregate class: its "created" event class and the binder of its __init__ arguments.
+_constructors: dict[type, tuple[type, Any]] = {}
+
+
+def _constructor(cls: Any) -> tuple[type, Any]:
+    """Find (once) how calling ``cls`` creates an aggregate, or say why it cannot."""
+    if cls is BaseAggregate:
+        raise TypeError("Please define or use subclasses of BaseAggregate.")
+    created = cls.__dict__.get("_created_event_class")
+    if created is None:
+        raise TypeError(_no_created_class_message(cls))
+    _constructors[cls] = (created, _init_binder(cls))
+    return _constructors[cls]
 
 
 def _no_created_class_message(cls: type) -> str:
@@ -974,9 +985,7 @@ def _init_binder(cls: Any) -> Any:
     # An annotated 'id' is a leading argument, unless __init__ has an 'id' of its own.
     takes_id = "id" in inspect.signature(init).parameters
     leading = ("id",) if cls.__dict__.get("_annotations_mention_id") and not takes_id else ()
-    binder = _make_binder(init, qualname, leading, _default_factories(cls))
-    type.__setattr__(cls, "_init_binder", binder)
-    return binder
+    return _make_binder(init, qualname, leading, _default_factories(cls))
 
 
 def _create_id_param_names(create_id: Callable[..., Any]) -> frozenset[str]:
@@ -1000,6 +1009,7 @@ class BaseAggregate(Generic[TAggregateID], metaclass=MetaAggregate):
     _annotations_mention_id: ClassVar[bool] = False
     _create_id_params: ClassVar[frozenset[str]] = frozenset()
     _has_explicit_topic: ClassVar[bool] = False
+    _is_base_aggregate: ClassVar[bool] = True  # lets events recognise aggregates quickly
 
     @staticmethod
     def create_id(*_: Any, **__: Any) -> TAggregateID:
@@ -1036,7 +1046,10 @@ class BaseAggregate(Generic[TAggregateID], metaclass=MetaAggregate):
     def _new_id(cls, kwargs: dict[str, Any]) -> UUID | str:
         params = cls._create_id_params
         try:
-            new_id = cls.create_id(**{k: v for k, v in kwargs.items() if k in params})
+            if params:
+                new_id = cls.create_id(**{k: v for k, v in kwargs.items() if k in params})
+            else:  # the usual create_id(), Aggregate's uuid4()
+                new_id = cls.create_id()
         except NotImplementedError:
             raise NotImplementedError(
                 f"Please pass an 'id' arg or define a create_id() method on {cls}"
@@ -1168,7 +1181,6 @@ def _check_explicit_topic_is_registered(event_class: type) -> None:
 
 
 def _define_aggregate_class(cls: Any, created_event_name: str) -> None:
-    _aggregate_classes.add(cls)
     _check_not_redefined(cls)
     _take_id_annotation(cls)
     _apply_dataclass(cls)
