@@ -598,25 +598,35 @@ class SQLiteDatastore:
             cursor.execute("BEGIN IMMEDIATE")
             try:
                 for request in batch:
-                    cursor.execute("SAVEPOINT request")
-                    try:
-                        request.result = request.func(cursor)
-                    except Exception as e:
-                        cursor.execute("ROLLBACK TO request")
-                        request.error = translate_error(e) if isinstance(e, sqlite3.Error) else e
-                    cursor.execute("RELEASE request")
+                    self._run_in_savepoint(writer, request)
                 cursor.execute("COMMIT")
             except BaseException:
                 if writer.sqlite_conn.in_transaction:
                     writer.sqlite_conn.rollback()
                 raise
         except BaseException as e:
-            # Nothing was committed, so every write in the group failed.
+            # Nothing was committed, so every write in the group failed; a write that
+            # failed by itself keeps its own error.
             for request in batch:
                 request.result = None
-                request.error = _group_failure(e)
+                if request.error is None:
+                    request.error = _group_failure(e)
             if not isinstance(e, Exception):
                 raise  # KeyboardInterrupt and the like belong to this thread.
+
+    @staticmethod
+    def _run_in_savepoint(writer: SQLiteConnection, request: _WriteRequest) -> None:
+        cursor = writer.tuple_cursor
+        cursor.execute("SAVEPOINT request")
+        try:
+            request.result = request.func(cursor)
+        except Exception as e:
+            request.error = translate_error(e) if isinstance(e, sqlite3.Error) else e
+            if not writer.sqlite_conn.in_transaction:
+                # SQLite rolled back the whole transaction (disk full, I/O error, ...).
+                raise
+            cursor.execute("ROLLBACK TO request")
+        cursor.execute("RELEASE request")
 
     def add_waker(self, event: Event) -> None:
         """Set ``event`` after every write through this datastore."""

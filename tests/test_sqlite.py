@@ -908,6 +908,44 @@ class ConcurrencyTests(TmpDirMixin):
         self.assertEqual(len(recorder.select_events(taken)), 1)
         self.assertEqual(recorder.select_events(batches[2][0].originator_id), [])
 
+    def test_group_fails_together_when_sqlite_abandons_the_transaction(self) -> None:
+        recorder = self.recorder()
+        datastore = recorder.datastore
+
+        def insert(cursor: sqlite3.Cursor) -> int:
+            cursor.execute("INSERT INTO stored_events VALUES (?, 1, 't', x'')", (uuid4().hex,))
+            return 1
+
+        def fail_like_a_full_disk(cursor: sqlite3.Cursor) -> int:
+            cursor.execute("ROLLBACK")  # What SQLite does itself on SQLITE_FULL.
+            raise sqlite3.OperationalError("database or disk is full")
+
+        results: dict[str, Any] = {}
+
+        def write(name: str, func: Any) -> None:
+            try:
+                results[name] = datastore.write(func, transaction=False)
+            except Exception as e:
+                results[name] = e
+
+        with datastore.write_lock:
+            threads = [
+                threading.Thread(target=write, args=(name, func))
+                for name, func in [("ok", insert), ("full", fail_like_a_full_disk)]
+            ]
+            for queued, thread in enumerate(threads, start=1):
+                thread.start()  # Queued in order: "ok" runs first in the group.
+                while len(datastore._pending_writes) < queued:
+                    time.sleep(0.001)
+        for thread in threads:
+            thread.join()
+        self.assertIsInstance(results["ok"], OperationalError)
+        self.assertIn("disk is full", str(results["ok"]))
+        self.assertIsInstance(results["full"], OperationalError)
+        self.assertIsNone(recorder.max_notification_id())
+        # The writer is usable afterwards.
+        self.assertEqual(recorder.insert_events(stored_events(uuid4(), range(1, 2))), [1])
+
     def test_non_interleaving_batches(self) -> None:
         recorder = self.recorder()
         first, second = uuid4(), uuid4()
