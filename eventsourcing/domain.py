@@ -51,6 +51,8 @@ from typing import (
 )
 from uuid import UUID, uuid4
 
+from typing_extensions import dataclass_transform
+
 from eventsourcing.utils import TopicError, get_topic, register_topic, resolve_topic
 
 if TYPE_CHECKING:
@@ -258,6 +260,7 @@ class EventsourcingType(type):
     """Root metaclass of event and aggregate classes."""
 
 
+@dataclass_transform(frozen_default=True)
 class MetaDomainEvent(EventsourcingType):
     """Metaclass that makes every event class a frozen dataclass."""
 
