@@ -227,14 +227,18 @@ MutableOrImmutableAggregate = MutableAggregateProtocol | ImmutableAggregateProto
 class CollectEventsProtocol(Protocol):
     """Anything that hands over its new events: aggregates, mostly."""
 
-    def collect_events(self) -> list[Any]: ...
+    def collect_events(self) -> list[Any]:
+        """Return the new events and forget them."""
+        ...
 
 
 @runtime_checkable
 class CanMutateProtocol(Protocol):
     """An event that knows how to apply itself to an aggregate."""
 
-    def mutate(self, aggregate: Any) -> Any: ...
+    def mutate(self, aggregate: Any) -> Any:
+        """Apply the event to ``aggregate`` and return the result."""
+        ...
 
 
 @runtime_checkable
@@ -835,7 +839,9 @@ class UnboundCommandMethodDecorator:
 class CanTriggerEvent(Protocol):
     """Anything with a ``trigger_event()`` method, such as an aggregate."""
 
-    def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None: ...
+    def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
+        """Construct, apply and keep a new event of ``event_class``."""
+        ...
 
 
 class BoundCommandMethodDecorator:
