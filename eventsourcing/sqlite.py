@@ -848,33 +848,65 @@ class SQLiteAggregateRecorder(SQLiteRecorder, AggregateRecorder):
         return statement
 
     def _write_events(self, stored_events: Sequence[StoredEvent], tracking: Tracking | None) -> int:
-        """Insert events (and tracking) in one transaction; return the last rowid."""
+        """Insert events (and tracking) atomically through the writer; return the last rowid."""
+        params = _event_params(stored_events)  # Prepared before taking the write lock.
         sizes = _chunk_sizes(len(stored_events), self._max_chunk) if stored_events else []
-        params = _event_params(stored_events)
-        num_statements = len(sizes) + (tracking is not None)
-
-        def write(cursor: sqlite3.Cursor) -> int:
-            if tracking is not None:
-                self._insert_tracking_row(cursor, tracking)
-            if not stored_events:
-                # No rows, but still fail as inserting would if the table is missing.
-                cursor.executemany(self.insert_events_statement, ())
-                return 0
-            if len(sizes) == 1:
-                cursor.execute(self._get_insert_statement(sizes[0]), params)
-            else:
-                start = 0
-                for size in sizes:
-                    end = start + size * 4
-                    cursor.execute(self._get_insert_statement(size), params[start:end])
-                    start = end
-            return cursor.lastrowid or 0
-
         # A single multi-row INSERT is atomic by itself in autocommit mode, so the common
         # small batch needs no BEGIN and COMMIT statements.
-        return self.datastore.write(write, transaction=num_statements > 1)
+        return self.datastore.write(
+            lambda cursor: self._insert_rows(cursor, params, sizes, tracking),
+            transaction=len(sizes) + (tracking is not None) > 1,
+        )
 
-    def _insert_tracking_row(self, cursor: sqlite3.Cursor, tracking: Tracking) -> None:
+    def _insert_rows(
+        self,
+        cursor: sqlite3.Cursor,
+        params: list[Any],
+        sizes: list[int],
+        tracking: Tracking | None,
+    ) -> int:
+        """Insert flattened event rows (and tracking) with ``cursor``; return the last rowid."""
+        if tracking is not None:
+            self._insert_tracking(cursor, tracking)
+        if not sizes:
+            # No rows, but still fail as inserting would if the table is missing.
+            cursor.executemany(self.insert_events_statement, ())
+            return 0
+        if len(sizes) == 1:
+            cursor.execute(self._get_insert_statement(sizes[0]), params)
+        else:
+            start = 0
+            for size in sizes:
+                end = start + size * 4
+                cursor.execute(self._get_insert_statement(size), params[start:end])
+                start = end
+        return cursor.lastrowid or 0
+
+    def _insert_events(
+        self, c: SQLiteCursor | sqlite3.Cursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Insert events with the cursor of a transaction the caller manages.
+
+        For subclasses that write their own tables in the same transaction, e.g. inside
+        ``with self.datastore.transaction(commit=True) as c:``.
+        """
+        self._insert_rows_with(c, stored_events, kwargs.get("tracking"))
+        return None
+
+    def _insert_rows_with(
+        self,
+        c: SQLiteCursor | sqlite3.Cursor,
+        stored_events: Sequence[StoredEvent],
+        tracking: Tracking | None,
+    ) -> int:
+        cursor = c.sqlite_cursor if isinstance(c, SQLiteCursor) else c
+        sizes = _chunk_sizes(len(stored_events), self._max_chunk) if stored_events else []
+        try:
+            return self._insert_rows(cursor, _event_params(stored_events), sizes, tracking)
+        except sqlite3.Error as e:
+            raise translate_error(e) from e
+
+    def _insert_tracking(self, c: SQLiteCursor | sqlite3.Cursor, tracking: Tracking) -> None:
         msg = f"{type(self).__qualname__} does not record tracking"
         raise NotImplementedError(msg)
 
@@ -911,6 +943,18 @@ class SQLiteApplicationRecorder(SQLiteAggregateRecorder, ApplicationRecorder):
         """Insert a batch of stored events atomically; return their notification ids."""
         last = self._write_events(stored_events, None)
         return self._notification_ids(last, len(stored_events))
+
+    def _insert_events(
+        self, c: SQLiteCursor | sqlite3.Cursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Insert events with the caller's transaction cursor; return notification ids."""
+        last = self._insert_rows_with(c, stored_events, kwargs.get("tracking"))
+        return self._notification_ids(last, len(stored_events))
+
+    def _max_notification_id(self, c: SQLiteCursor | sqlite3.Cursor) -> int | None:
+        """Return the largest notification id, using the caller's cursor."""
+        c.execute(self.select_max_notification_id_statement)
+        return c.fetchone()[0]  # type: ignore[no-any-return]
 
     @staticmethod
     def _notification_ids(last_rowid: int, num_rows: int) -> list[int]:
@@ -1076,7 +1120,7 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
     def insert_tracking(self, tracking: Tracking) -> None:
         """Record that ``tracking.notification_id`` has been processed."""
         self.datastore.write(
-            lambda cursor: self._insert_tracking_row(cursor, tracking), transaction=False
+            lambda cursor: self._insert_tracking(cursor, tracking), transaction=False
         )
 
     def max_tracking_id(self, application_name: str) -> int | None:
@@ -1102,12 +1146,11 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         super()._create_table(cursor)
         if needs_marker:
             for name, notification_id in [(self.table_migration_identifier, 1), *maxima]:
-                self._insert_tracking_row(cursor, Tracking(name, notification_id))
+                self._insert_tracking(cursor, Tracking(name, notification_id))
             self.tracking_migration_current = 1
 
     def _read_marker(self, cursor: sqlite3.Cursor) -> int | None:
-        cursor.execute(self.select_max_tracking_id_statement, (self.table_migration_identifier,))
-        return cursor.fetchone()[0]  # type: ignore[no-any-return]
+        return self._max_tracking_id(self.table_migration_identifier, cursor)
 
     @staticmethod
     def _move_multi_row_table(cursor: sqlite3.Cursor) -> list[Row]:
@@ -1122,7 +1165,13 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         cursor.execute(f"ALTER TABLE tracking RENAME TO old{number}_tracking")
         return maxima
 
-    def _insert_tracking_row(self, cursor: sqlite3.Cursor, tracking: Tracking) -> None:
+    def _insert_tracking(self, c: SQLiteCursor | sqlite3.Cursor, tracking: Tracking) -> None:
+        """Record ``tracking`` with the cursor of a transaction the caller manages.
+
+        Subclasses that update their own tables call this inside
+        ``with self.datastore.transaction(commit=True) as c:`` so that both commit together.
+        """
+        cursor = c.sqlite_cursor if isinstance(c, SQLiteCursor) else c
         name, notification_id = tracking.application_name, tracking.notification_id
         if not self.datastore.single_row_tracking:
             self._check_has_multi_row_tracking_table(cursor)
@@ -1136,6 +1185,13 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
                 "(the notification was probably processed already)"
             )
             raise IntegrityError(msg)
+
+    def _max_tracking_id(
+        self, application_name: str, c: SQLiteCursor | sqlite3.Cursor
+    ) -> int | None:
+        """Return the largest notification id recorded for an application, using ``c``."""
+        c.execute(self.select_max_tracking_id_statement, (application_name,))
+        return c.fetchone()[0]  # type: ignore[no-any-return]
 
     def _check_has_multi_row_tracking_table(self, cursor: sqlite3.Cursor) -> None:
         if self.has_checked_for_multi_row_tracking_table:

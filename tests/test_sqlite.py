@@ -803,6 +803,75 @@ class TestTrackingMigration(TmpDirMixin):
             self.assertFalse(recorder.tracking_table_exists)
 
 
+class CountersView(SQLiteTrackingRecorder):
+    """A view written as upstream examples write them: own table plus tracking, one commit."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, count INTEGER)",
+        ]
+
+    def incr(self, name: str, tracking: Tracking) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            self._insert_tracking(c, tracking)
+            c.execute(
+                "INSERT INTO counters VALUES (?, 1) "
+                "ON CONFLICT (name) DO UPDATE SET count = count + 1",
+                (name,),
+            )
+
+    def get(self, name: str) -> int:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT count FROM counters WHERE name=?", (name,))
+            row = c.fetchone()
+            return int(row["count"]) if row else 0
+
+
+class TestSubclassHelpers(TmpDirMixin):
+    def test_view_with_own_table_and_tracking(self) -> None:
+        view = CountersView(SQLiteDatastore(self.new_file_db()))
+        self.addCleanup(view.datastore.close)
+        view.create_table()
+        view.incr("dogs", Tracking("school", 1))
+        view.incr("dogs", Tracking("school", 2))
+        with self.assertRaises(IntegrityError):
+            view.incr("dogs", Tracking("school", 2))
+        self.assertEqual(view.get("dogs"), 2, "the failed increment was rolled back")
+        self.assertEqual(view.max_tracking_id("school"), 2)
+        with view.datastore.transaction(commit=False) as c:
+            self.assertEqual(view._max_tracking_id("school", c), 2)
+
+    def test_insert_events_with_callers_transaction(self) -> None:
+        recorder = SQLiteProcessRecorder(SQLiteDatastore(self.new_memory_db()))
+        self.addCleanup(recorder.datastore.close)
+        recorder.create_table()
+        recorder.insert_events(stored_events(uuid4(), range(1, 3)))
+        with recorder.datastore.transaction(commit=True) as c:
+            ids = recorder._insert_events(
+                c, stored_events(uuid4(), range(1, 41)), tracking=Tracking("up", 7)
+            )
+            self.assertEqual(recorder._max_notification_id(c), 42)
+        self.assertEqual(ids, list(range(3, 43)))
+        self.assertEqual(recorder.max_tracking_id("up"), 7)
+        with self.assertRaises(IntegrityError), recorder.datastore.transaction(commit=True) as c:
+            recorder._insert_events(c, stored_events(uuid4(), range(1, 2)))
+            # A tracking conflict after other writes fails the whole transaction.
+            recorder._insert_events(
+                c, stored_events(uuid4(), range(1, 2)), tracking=Tracking("up", 7)
+            )
+        self.assertEqual(recorder.max_notification_id(), 42, "nothing from the failed transaction")
+
+    def test_aggregate_recorder_helper_returns_none(self) -> None:
+        recorder = SQLiteAggregateRecorder(SQLiteDatastore(self.new_memory_db()))
+        self.addCleanup(recorder.datastore.close)
+        recorder.create_table()
+        originator_id = uuid4()
+        with recorder.datastore.transaction(commit=True) as c:
+            self.assertIsNone(recorder._insert_events(c, stored_events(originator_id, range(1, 4))))
+        self.assertEqual(len(recorder.select_events(originator_id)), 3)
+
+
 # ---------------------------------------------------------------------------------------
 # Concurrency.
 # ---------------------------------------------------------------------------------------
