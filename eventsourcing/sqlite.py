@@ -490,16 +490,21 @@ class SQLiteDatastore:
     def close(self) -> None:
         """Close the writer and the pool. Later use raises ``ConnectionPoolClosedError``."""
         with self.write_lock:
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                writer.close()
-            self.pool.close()
+            self._close_connections()
         self.wake_subscribers()
 
     def __del__(self) -> None:
+        # Without taking the write lock: nothing else refers to this datastore, and the
+        # lock may be shared (shared-cache databases) and held by the collecting thread.
         # Nothing useful can be done about an error in a finaliser.
         with suppress(Exception):
-            self.close()
+            self._close_connections()
+
+    def _close_connections(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        self.pool.close()
 
     # -- used by the recorders ---------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sqlite3
 import subprocess
@@ -497,6 +498,17 @@ class TestDatastore(TmpDirMixin):
         with self.assertRaises(Exception) as cm:
             recorder.insert_events(stored_events(uuid4(), range(1, 2)))
         self.assertIn("closed", str(cm.exception))
+
+    def test_finaliser_does_not_wait_for_a_shared_lock(self) -> None:
+        name = self.new_memory_db()
+        kept = SQLiteDatastore(name)
+        dropped = SQLiteApplicationRecorder(SQLiteDatastore(name))
+        dropped.create_table()
+        self.assertIs(kept.write_lock, dropped.datastore.write_lock)
+        with kept.write_lock:
+            del dropped
+            gc.collect()  # Would deadlock if the finaliser took the write lock.
+        kept.close()
 
     def test_shared_memory_datastores_can_be_used_together_from_threads(self) -> None:
         # Two datastores on one shared-cache database would otherwise hit
