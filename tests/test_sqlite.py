@@ -20,6 +20,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.persistence import (
     ConnectionPoolClosedError,
+    ConnectionUnavailableError,
     DatabaseError,
     DataError,
     InfrastructureFactory,
@@ -489,6 +490,45 @@ class TestDatastore(TmpDirMixin):
         finally:
             pool.put_connection(conn)
             pool.close()
+
+    def test_pool_limits_and_reuse(self) -> None:
+        pool = SQLiteConnectionPool(db_name=self.new_file_db(), pool_size=2, max_overflow=2)
+        self.addCleanup(pool.close)
+        connections = [pool.get_connection() for _ in range(4)]
+        with self.assertRaises(ConnectionUnavailableError):
+            pool.get_connection(timeout=0)
+        for conn in connections:
+            pool.put_connection(conn)
+        self.assertEqual(pool.num_in_pool, 2)
+        self.assertEqual([c.closed for c in connections], [False, False, True, True])
+        reused = pool.get_connection()
+        self.assertIs(reused, connections[0])
+        reused.cursor().execute("SELECT 1")
+        pool.put_connection(reused)
+
+    def test_memory_pool_excludes_readers_while_writing(self) -> None:
+        pool = SQLiteConnectionPool(db_name=self.new_memory_db())
+        self.addCleanup(pool.close)
+        writer = pool.get_connection(is_writer=True)
+        with self.assertRaises(ConnectionUnavailableError):
+            pool.get_connection(timeout=0.05, is_writer=False)
+        pool.put_connection(writer)
+        reader = pool.get_connection(is_writer=False)
+        with self.assertRaises(ConnectionUnavailableError):
+            pool.get_connection(timeout=0.05, is_writer=True)
+        pool.put_connection(reader)
+
+    def test_pool_max_age_and_pre_ping(self) -> None:
+        pool = SQLiteConnectionPool(db_name=self.new_file_db(), max_age=0.05, pre_ping=True)
+        self.addCleanup(pool.close)
+        first = pool.get_connection()
+        pool.put_connection(first)
+        time.sleep(0.2)
+        self.assertTrue(first.closed)
+        second = pool.get_connection()
+        self.assertIsNot(second, first)
+        self.assertFalse(second.closed)
+        pool.put_connection(second)
 
     def test_closed_datastore_raises(self) -> None:
         recorder = SQLiteApplicationRecorder(SQLiteDatastore(self.new_file_db()))
