@@ -63,6 +63,7 @@ try:
     import psycopg
     import psycopg.errors
     import psycopg_pool
+    import psycopg_pool.base
     from psycopg import Connection, Cursor
     from psycopg.rows import DictRow, dict_row
     from psycopg.sql import SQL, Composable, Composed, Identifier
@@ -268,9 +269,25 @@ class ConnectionPool(psycopg_pool.ConnectionPool[CT], Generic[CT]):
             self.kwargs = {**self._static_kwargs(), "password": self.get_password_func()}
         return super()._connect(timeout=timeout)
 
+    def _add_connection(self, attempt: Any, growing: bool = False) -> None:
+        # psycopg_pool waits 1 s, then 2, 4, 8... between attempts to reconnect: too slow to
+        # notice that a restarted server is back. Start at 0.1 s and never wait over 2 s.
+        attempt = attempt or _ReconnectBackoff(timeout=self.reconnect_timeout)
+        super()._add_connection(attempt, growing)
+
     def _static_kwargs(self) -> dict[str, Any]:
         kwargs = self.kwargs
         return dict(kwargs() if callable(kwargs) else kwargs or {})
+
+
+class _ReconnectBackoff(psycopg_pool.base.AttemptWithBackoff):
+    """Reconnection delays for the pool: 0.1 s, doubling, at most 2 s."""
+
+    INITIAL_DELAY = 0.1
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, 2.0)
 
 
 class PostgresDatastore:
@@ -363,8 +380,10 @@ class PostgresDatastore:
         except psycopg.Error as e:
             raise self._connect_error(e) from None
 
-    def _connect_error(self, error: psycopg.Error) -> OperationalError:
-        return OperationalError(
+    def _connect_error(self, error: psycopg.Error) -> _CantConnectError:
+        return _CantConnectError(
+            # Class 28: invalid authorization (a wrong password or user); 3D: no such database.
+            (error.sqlstate or "").startswith(("28", "3D")),
             f"Can't connect to {self.describe()}: {str(error).strip()} (check that the server "
             "is running and the POSTGRES_* settings)"
         )
@@ -424,7 +443,9 @@ class PostgresDatastore:
         # The pool could grow but didn't: the server isn't accepting connections. Say why.
         try:
             self.connect().close()
-        except OperationalError as e:
+        except _CantConnectError as e:
+            if e.permanent:
+                return OperationalError(str(e))  # e.g. a wrong password: retrying won't help
             return _ServerUnreachableError(str(e))
         return ConnectionUnavailableError(
             f"Timed out after {self.pool.timeout}s waiting for a connection to "
@@ -463,21 +484,15 @@ class PostgresDatastore:
                     return operation(conn)
             except psycopg.Error as e:
                 error = self.translate(e)
-                if not self._should_retry(e, error, conn, backoff):
-                    raise self._final_error(error, backoff) from e
-            except _ServerUnreachableError as e:  # pragma: no cover (raised inside translate)
-                if not backoff.wait():
-                    raise self._final_error(e, backoff) from None
+                retriable = isinstance(error, _ServerUnreachableError) or is_connection_failure(
+                    e, conn
+                )
+                if not retriable:
+                    raise error from e
+                if not self._wait_to_retry(error, backoff):
+                    raise self._gave_up(error, backoff) from e
 
-    def _should_retry(
-        self,
-        raw: psycopg.Error,
-        error: PersistenceError,
-        conn: Connection[Any] | None,
-        backoff: _Backoff,
-    ) -> bool:
-        if not (isinstance(error, _ServerUnreachableError) or is_connection_failure(raw, conn)):
-            return False
+    def _wait_to_retry(self, error: PersistenceError, backoff: _Backoff) -> bool:
         if backoff.attempts == 0:
             # The first failure after a server restart: drop the other dead idle connections
             # now, rather than failing on each of them in turn.
@@ -486,13 +501,12 @@ class PostgresDatastore:
         logger.info("retrying after a connection failure: %s", error)
         return backoff.wait()
 
-    def _final_error(self, error: PersistenceError, backoff: _Backoff) -> PersistenceError:
-        if backoff.attempts == 0:
-            return error
+    def _gave_up(self, error: PersistenceError, backoff: _Backoff) -> OperationalError:
+        attempts = backoff.attempts + 1
         return OperationalError(
-            f"Gave up after {backoff.attempts + 1} attempts over {backoff.elapsed():.1f}s "
-            f"(POSTGRES_CONNECT_TIMEOUT={self.connect_timeout:g}) to reach {self.describe()}: "
-            f"{error}"
+            f"Gave up after {attempts} attempt{'s' * (attempts > 1)} over "
+            f"{backoff.elapsed():.1f}s (POSTGRES_CONNECT_TIMEOUT={self.connect_timeout:g}) to "
+            f"use {self.describe()}: {error}"
         )
 
     def close(self) -> None:
@@ -524,6 +538,14 @@ class PostgresDatastore:
 
 class _ServerUnreachableError(OperationalError):
     """No connection could be made: the server is down, restarting or refusing us."""
+
+
+class _CantConnectError(OperationalError):
+    """A new connection failed; ``permanent`` if retrying can't help (e.g. a bad password)."""
+
+    def __init__(self, permanent: bool, message: str) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def _check_originator_id_type(value: str, error_class: type[Exception]) -> OriginatorIDType:
@@ -948,6 +970,10 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
     #: Most saves committed in one transaction (1 turns coalescing off).
     max_coalesced_saves = 100
 
+    #: Statements run after a batch's ids are issued and before COMMIT (none by default;
+    #: tests add a server-side delay here, to widen the window between the two).
+    before_commit_statements: Sequence[SQL | Composed] = ()
+
     def __init__(
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
     ) -> None:
@@ -1033,44 +1059,95 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
 
     def _commit_together(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
         events = [e for save in saves for e in save.stored_events]
-        with _committing(conn) as commit, conn.pipeline() as pipeline, conn.transaction():
-            self._begin(conn)
-            checks = [self._send_tracking(conn, s.tracking) for s in saves if s.tracking]
-            curs = self._send_insert(conn, events)
-            pipeline.sync()
-            if not all(check() for check in checks):
-                raise _SaveRefusedError
-            ids = [row[0] for row in curs.fetchall()] if curs else []
-            commit()  # the COMMIT is sent as the blocks exit
+        if any(save.tracking for save in saves):
+            ids = self._commit_checked(conn, saves, events)
+        else:
+            ids = self._commit_in_one_round_trip(conn, events)
         for save in saves:
             save.ids, ids = ids[: len(save.stored_events)], ids[len(save.stored_events) :]
 
-    def _commit_one_by_one(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
-        with _committing(conn) as commit, conn.pipeline() as pipeline, conn.transaction():
+    def _commit_in_one_round_trip(
+        self, conn: Connection[DictRow], events: Sequence[StoredEvent]
+    ) -> list[int]:
+        # BEGIN, the lock, NOTIFY, INSERT and COMMIT go to the server together. If the INSERT
+        # fails, the server skips what follows, COMMIT included, and we roll back.
+        def send() -> Cursor[Any] | None:
+            conn.execute(_BEGIN, prepare=False)
             self._begin(conn)
-            for save in saves:
-                self._commit_with_savepoint(conn, pipeline, save)
-            commit()
+            curs = self._send_insert(conn, events)
+            self._send_commit(conn)
+            return curs
 
-    def _commit_with_savepoint(
-        self, conn: Connection[DictRow], pipeline: Any, save: _PendingSave
-    ) -> None:
+        with _committing(conn) as commit:
+            commit()  # all is sent at once: a lost connection leaves the outcome unknown
+            curs = _send_and_sync(conn, send)
+        return [row[0] for row in curs.fetchall()] if curs else []
+
+    def _commit_checked(
+        self, conn: Connection[DictRow], saves: list[_PendingSave], events: Sequence[StoredEvent]
+    ) -> list[int]:
+        # Tracking records are refused without an error, so check them before committing.
+        def send() -> tuple[list[Callable[[], bool]], Cursor[Any] | None]:
+            conn.execute(_BEGIN, prepare=False)
+            self._begin(conn)
+            checks = [self._send_tracking(conn, s.tracking) for s in saves if s.tracking]
+            return checks, self._send_insert(conn, events)
+
+        checks, curs = _send_and_sync(conn, send)
+        if not all(check() for check in checks):
+            _rollback_quietly(conn)
+            raise _SaveRefusedError
+        ids = [row[0] for row in curs.fetchall()] if curs else []
+        with _committing(conn) as commit:
+            commit()
+            _send_and_sync(conn, lambda: self._send_commit(conn))
+        return ids
+
+    def _commit_one_by_one(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
+        """Commit the saves in one transaction, a savepoint each: a failure fails one save."""
+
+        def begin() -> None:
+            conn.execute(_BEGIN, prepare=False)
+            self._begin(conn)
+
+        _send_and_sync(conn, begin)
+        for save in saves:
+            self._save_with_savepoint(conn, save)
+        with _committing(conn) as commit:
+            commit()
+            _send_and_sync(conn, lambda: self._send_commit(conn))
+
+    def _save_with_savepoint(self, conn: Connection[DictRow], save: _PendingSave) -> None:
+        def send() -> tuple[Callable[[], bool] | None, Cursor[Any] | None]:
+            conn.execute(_SAVEPOINT, prepare=False)
+            check = self._send_tracking(conn, save.tracking) if save.tracking else None
+            return check, self._send_insert(conn, save.stored_events)
+
+        def undo() -> None:
+            conn.execute(_ROLLBACK_TO_SAVEPOINT, prepare=False)
+
         try:
-            with conn.transaction():  # a savepoint
-                check = self._send_tracking(conn, save.tracking) if save.tracking else None
-                curs = self._send_insert(conn, save.stored_events)
-                pipeline.sync()
-                if check is not None and not check():
-                    raise _SaveRefusedError
-                save.ids = [row[0] for row in curs.fetchall()] if curs else []
+            check, curs = _send_and_sync(conn, send, on_error=undo)
+            if check is not None and not check():
+                undo()
+                raise _SaveRefusedError
+            save.ids = [row[0] for row in curs.fetchall()] if curs else []
         except (psycopg.IntegrityError, psycopg.DataError, _SaveRefusedError) as e:
             save.ids = None
             save.error = self._save_error(e, save)
 
+    def _send_commit(self, conn: Connection[DictRow]) -> None:
+        for statement in self.before_commit_statements:
+            conn.execute(statement, prepare=False)
+        conn.execute(_COMMIT, prepare=False)
+
     def _begin(self, conn: Connection[DictRow]) -> None:
+        # Nothing sent in a write pipeline is prepared: if a statement fails, the server
+        # skips the rest of the pipeline, PREPAREs included, and psycopg's cache of
+        # prepared statements would then name statements the server doesn't have.
         for statement in self.lock_table_statements:
-            conn.execute(statement)
-        conn.execute(self._notify_statement)
+            conn.execute(statement, prepare=False)
+        conn.execute(self._notify_statement, prepare=False)
 
     def _send_insert(
         self, conn: Connection[DictRow], events: Sequence[StoredEvent]
@@ -1078,7 +1155,9 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
         if not events:
             return None
         curs = conn.cursor(row_factory=psycopg.rows.tuple_row)
-        curs.execute(self.insert_events_statement, self._insert_params(events), binary=True)
+        curs.execute(
+            self.insert_events_statement, self._insert_params(events), binary=True, prepare=False
+        )
         return curs
 
     def _send_tracking(self, conn: Connection[DictRow], tracking: Tracking) -> Callable[[], bool]:
@@ -1158,6 +1237,49 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
     ) -> Subscription[ApplicationRecorder]:
         """Return a subscription to notifications after ``gt``, woken by LISTEN/NOTIFY."""
         return PostgresSubscription(recorder=self, gt=gt, topics=topics)
+
+
+_BEGIN = SQL("BEGIN")
+_COMMIT = SQL("COMMIT")
+_SAVEPOINT = SQL("SAVEPOINT save")
+_ROLLBACK_TO_SAVEPOINT = SQL("ROLLBACK TO SAVEPOINT save")
+
+
+def _send_and_sync(
+    conn: Connection[Any], send: Callable[[], _T], on_error: Callable[[], None] | None = None
+) -> _T:
+    """Send statements in a pipeline and wait for all their results (one round trip).
+
+    On an error the transaction is rolled back (or ``on_error`` undoes the failed part) and
+    the first error is raised. Errors are caught inside the pipeline block, since leaving it
+    with one makes psycopg warn.
+    """
+    error: psycopg.Error | None = None
+    result: _T | None = None
+    try:
+        with conn.pipeline() as pipeline:
+            try:
+                result = send()
+                pipeline.sync()
+            except psycopg.Error as e:
+                error = e
+    except psycopg.Error as e:
+        error = error or e
+    if error is not None:
+        if on_error is not None and not conn.broken:
+            on_error()
+        else:
+            _rollback_quietly(conn)
+        raise error
+    return cast(_T, result)
+
+
+def _rollback_quietly(conn: Connection[Any]) -> None:
+    if conn.broken or conn.closed:
+        return
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
 
 
 @contextmanager
@@ -1495,7 +1617,9 @@ class PostgresProcessRecorder(
         self._check_multi_row_table(conn)
         curs = conn.cursor()
         curs.execute(
-            self.insert_tracking_statement, (tracking.application_name, tracking.notification_id)
+            self.insert_tracking_statement,
+            (tracking.application_name, tracking.notification_id),
+            prepare=False,  # see _begin
         )
         return lambda: curs.fetchone() is not None
 

@@ -144,6 +144,24 @@ class PostgresServer(ABC):
         """Stop the server (fast shutdown, clients are disconnected) and start it again."""
         raise NotImplementedError(f"can't restart a server from {self.source}")
 
+    def halt(self) -> None:
+        """Stop the server, keeping its data, until :meth:`resume`."""
+        raise NotImplementedError(f"can't stop a server from {self.source}")
+
+    def resume(self) -> None:
+        """Start the server again after :meth:`halt`."""
+        raise NotImplementedError(f"can't start a server from {self.source}")
+
+    def disconnect_clients(self, dbname: str) -> int:
+        """Terminate every other connection to ``dbname``; return how many there were."""
+        with self.settings.connect() as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (dbname,),
+            ).fetchall()
+        return len(rows)
+
     @abstractmethod
     def stop(self) -> None:
         """Stop the server if this session started it."""
@@ -214,7 +232,15 @@ class LocalPostgres(PostgresServer):
 
     def restart(self) -> None:
         """Fast shutdown (clients are disconnected), then start again on the same port."""
+        self.halt()
+        self.resume()
+
+    def halt(self) -> None:
+        """Fast shutdown, keeping the data: clients are disconnected and can't reconnect."""
         self._pg_ctl("stop", "-m", "fast")
+
+    def resume(self) -> None:
+        """Start again after :meth:`halt`, on the same port with the same data."""
         self._start()
 
     def stop(self) -> None:

@@ -172,7 +172,10 @@ def factory(env: dict[str, str], name: str = "") -> PostgresFactory:
 
 
 REQUIRED = [
-    ("POSTGRES_DBNAME", "Postgres database name not found in environment with key 'POSTGRES_DBNAME'"),
+    (
+        "POSTGRES_DBNAME",
+        "Postgres database name not found in environment with key 'POSTGRES_DBNAME'",
+    ),
     ("POSTGRES_HOST", "Postgres host not found in environment with key 'POSTGRES_HOST'"),
     ("POSTGRES_USER", "Postgres user not found in environment with key 'POSTGRES_USER'"),
     (
@@ -303,7 +306,8 @@ def test_prefixed_settings_win() -> None:
 
 def test_factory_constructed_from_topic() -> None:
     for topic in ("eventsourcing.postgres", "eventsourcing.postgres:PostgresFactory"):
-        f = InfrastructureFactory.construct(Environment(env={**SETTINGS, "PERSISTENCE_MODULE": topic}))
+        env = Environment(env={**SETTINGS, "PERSISTENCE_MODULE": topic})
+        f = InfrastructureFactory.construct(env)
         assert type(f) is PostgresFactory
         f.close()
 
