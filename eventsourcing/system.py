@@ -216,18 +216,16 @@ class Follower(EventSourcedProjection[TAggregateID]):
             raise ValueError(msg)
         return size
 
-    def follow(self, leader_name: str, notification_log: NotificationLog) -> None:
-        """Read ``leader_name``'s events from ``notification_log`` from now on.
+    def follow(self, name: str, log: NotificationLog) -> None:
+        """Read the events of the leader ``name`` from its notification ``log`` from now on.
 
         The leader's events are decoded with a mapper configured from this application's
         environment under the leader's name, so ``LEADERNAME_CIPHER_KEY`` and the like apply.
         """
-        self.readers[leader_name] = NotificationLogReader(
-            notification_log, section_size=self.pull_section_size
-        )
-        factory = self.construct_factory(self.construct_env(leader_name, self.env))
+        self.readers[name] = NotificationLogReader(log, section_size=self.pull_section_size)
+        factory = self.construct_factory(self.construct_env(name, self.env))
         try:
-            self.mappers[leader_name] = factory.mapper(
+            self.mappers[name] = factory.mapper(
                 self.construct_transcoder(), mapper_class=type(self.mapper)
             )
         finally:
@@ -329,10 +327,12 @@ class Leader(Application[TAggregateID]):
         if not recordings:
             return
         with self._prompt_lock:
-            recording_event = RecordingEvent(
-                self.name, recordings, self.previous_max_notification_id
-            )
-            self.previous_max_notification_id = recordings[-1].notification.id
+            previous = self.previous_max_notification_id
+            recording_event = RecordingEvent(self.name, recordings, previous)
+            last_id = recordings[-1].notification.id
+            # Concurrent saves may notify out of order: never move backwards.
+            if previous is None or last_id > previous:
+                self.previous_max_notification_id = last_id
         for follower in self.followers:
             follower.receive_recording_event(recording_event)
 
@@ -601,7 +601,12 @@ class _LeaderFeed(Generic[TAggregateID]):
         recording_events: list[RecordingEvent[TAggregateID]],
         should_stop: Callable[[], bool],
     ) -> None:
-        """Process delivered events, reading gaps from the log; batch across prompts."""
+        """Process delivered events, reading gaps from the log; batch across prompts.
+
+        Ids decide, not the order prompts arrive in (concurrent saves can notify out of
+        order): events at or before the position are passed over as processed, and
+        anything missing before a prompt's first event is read from the log.
+        """
         leader_name = self.leader_name
         topics = self.follower.topics
         batch_size = self.follower.process_batch_size
@@ -609,9 +614,9 @@ class _LeaderFeed(Generic[TAggregateID]):
         horizon = self.position or 0  # the last id taken into the batch (or processed)
         for recording_event in recording_events:
             recordings = recording_event.recordings
+            if not recordings or recordings[-1].notification.id <= horizon:
+                continue  # stale: seen already
             previous = recording_event.previous_max_notification_id
-            if not recordings or (previous is not None and previous < horizon):
-                continue  # a later prompt has been seen already
             first_id = recordings[0].notification.id
             if previous is None or previous > horizon or first_id > horizon + 1:
                 # Something was recorded that no prompt delivered: read it from the log.

@@ -415,17 +415,47 @@ def test_new_single_threaded_runner_ignores_stale_prompts_and_fills_gaps() -> No
     with NewSingleThreadedRunner(SYSTEM) as runner:
         school = runner.get(DogSchool)
         counters = runner.get(Counters)
-        school.register("Fido")
-        assert counters.recorder.max_tracking_id("DogSchool") == 1
-        # A prompt older than one seen already is ignored...
-        assert school.previous_max_notification_id == 1
-        school.previous_max_notification_id = 0
+        recordings = school.save(Dog("Fido"))
+        # A prompt delivered twice is processed once.
+        runner.receive_recording_event(RecordingEvent("DogSchool", recordings, None))
+        assert counters.recorder.max_notification_id() == 1
+        # Events recorded while no prompt reached the runner are read from the log.
+        school.followers.remove(runner)
         school.register("Rex")
-        assert counters.recorder.max_tracking_id("DogSchool") == 1
-        # ... and the next prompt shows a gap, which is read from the log.
+        school.lead(runner)
         school.register("Spot")
         assert counters.recorder.max_tracking_id("DogSchool") == 3
         assert counters.recorder.max_notification_id() == 3
+
+
+def test_new_runners_process_prompts_that_arrive_out_of_order() -> None:
+    """Concurrent saves can notify in another order than they committed: ids decide."""
+    for runner_cls in (NewSingleThreadedRunner, NewMultiThreadedRunner):
+        with runner_cls(SYSTEM) as runner:
+            school = runner.get(DogSchool)
+            school.followers.clear()  # hold the prompts back
+            one, two, three = (school.save(Dog(f"dog{i}"))[0] for i in range(3))
+            # 2 notified first, then 1, then 3 (whose previous id is 1's).
+            for prompt in (
+                RecordingEvent("DogSchool", [two], 0),
+                RecordingEvent("DogSchool", [one], 2),
+                RecordingEvent("DogSchool", [three], 1),
+            ):
+                runner.receive_recording_event(prompt)
+            counters = runner.get(Counters)
+            counters.recorder.wait("DogSchool", 3, timeout=WAIT)
+            assert counters.recorder.max_notification_id() == 3
+
+
+def test_leaders_previous_notification_id_never_moves_back() -> None:
+    leader: Leader[UUID] = Leader()
+    receiver = PromptCounter()
+    leader.lead(receiver)
+    first = leader.save(Aggregate())
+    second = leader.save(Aggregate())
+    leader._notify(first)  # a late notification of an earlier save
+    assert leader.previous_max_notification_id == second[0].notification.id == 2
+    assert receiver.received[-1].previous_max_notification_id == 2
 
 
 class BrokenPulling(Counters):
