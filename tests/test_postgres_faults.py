@@ -287,7 +287,7 @@ class Dog(Aggregate):
 
 
 def test_application_threads_racing_on_one_aggregate(postgres_database: PostgresDatabase) -> None:
-    app = Application(env={"PERSISTENCE_MODULE": "eventsourcing.postgres", **postgres_database.env})
+    app = Application[UUID](env={"PERSISTENCE_MODULE": "eventsourcing.postgres", **postgres_database.env})
     try:
         dog = Dog("Fido")
         app.save(dog)
@@ -295,7 +295,7 @@ def test_application_threads_racing_on_one_aggregate(postgres_database: Postgres
         errors: list[BaseException] = []
 
         def add(trick: str) -> None:
-            copy = app.repository.get(dog.id)
+            copy: Dog = app.repository.get(dog.id)
             copy.add_trick(trick)
             barrier.wait()
             try:
@@ -323,7 +323,7 @@ def app_env(db: PostgresDatabase, **extra: str) -> dict[str, str]:
     return {"PERSISTENCE_MODULE": "eventsourcing.postgres", **db.env, **extra}
 
 
-def saving(app: Application, stop: threading.Event) -> tuple[list[Any], threading.Thread]:
+def saving(app: Application[UUID], stop: threading.Event) -> tuple[list[Any], threading.Thread]:
     """Save new dogs in a thread until ``stop``; return the outcomes list and the thread."""
     outcomes: list[Any] = []
 
@@ -343,7 +343,7 @@ def saving(app: Application, stop: threading.Event) -> tuple[list[Any], threadin
     return outcomes, thread
 
 
-def check_log(app: Application, outcomes: list[Any]) -> None:
+def check_log(app: Application[UUID], outcomes: list[Any]) -> None:
     """Every successful save is stored exactly once; failed saves are not stored at all."""
     notifications = app.recorder.select_notifications(start=None, limit=100_000)
     ids = [n.id for n in notifications]
@@ -360,7 +360,7 @@ def check_log(app: Application, outcomes: list[Any]) -> None:
 
 def test_server_restart_in_the_middle_of_saves(postgres_database: PostgresDatabase) -> None:
     server = postgres_database.server
-    app = Application(env=app_env(postgres_database, POSTGRES_CONNECT_TIMEOUT="15"))
+    app = Application[UUID](env=app_env(postgres_database, POSTGRES_CONNECT_TIMEOUT="15"))
     stop = threading.Event()
     try:
         outcomes, thread = saving(app, stop)
@@ -390,7 +390,7 @@ def test_server_down_longer_than_the_timeout(postgres_database: PostgresDatabase
     server = postgres_database.server
     if not server.can_restart:
         pytest.skip(f"can't stop a server from {server.source} (tested where servers are ours)")
-    app = Application(env=app_env(postgres_database, POSTGRES_CONNECT_TIMEOUT="1"))
+    app = Application[UUID](env=app_env(postgres_database, POSTGRES_CONNECT_TIMEOUT="1"))
     try:
         app.save(Dog("before"))
         server.halt()
@@ -453,7 +453,7 @@ def test_passwords_never_appear_in_logs_or_errors(
     messages: list[str] = []
 
     # A working application, through a restart of its connections.
-    app = Application(env=app_env(postgres_database))
+    app = Application[UUID](env=app_env(postgres_database))
     app.save(Dog("Fido"))
     postgres_database.server.disconnect_clients(postgres_database.name)
     app.save(Dog("Rex"))
@@ -484,7 +484,7 @@ def test_get_password_func_is_called_for_new_connections(
     env = app_env(postgres_database, POSTGRES_GET_PASSWORD_TOPIC=f"{__name__}:get_password")
     del env["POSTGRES_PASSWORD"]
     passwords[0] = postgres_database.env["POSTGRES_PASSWORD"]
-    app = Application(env=env)
+    app = Application[UUID](env=env)
     try:
         app.save(Dog("Fido"))
         assert calls
@@ -502,7 +502,7 @@ def get_password() -> str:
 
 
 def test_uuid_ids_are_uuid_objects(postgres_database: PostgresDatabase) -> None:
-    app = Application(env=app_env(postgres_database))
+    app = Application[UUID](env=app_env(postgres_database))
     try:
         dog = Dog("Fido")
         app.save(dog)
@@ -515,7 +515,7 @@ def test_uuid_ids_are_uuid_objects(postgres_database: PostgresDatabase) -> None:
 
 def test_psycopg_is_not_leaked(postgres_database: PostgresDatabase) -> None:
     """Errors from the database come out as the library's, never psycopg's."""
-    app = Application(env=app_env(postgres_database))
+    app = Application[UUID](env=app_env(postgres_database))
     try:
         with app.factory.datastore.get_connection() as conn:  # type: ignore[attr-defined]
             conn.execute("DROP TABLE application_events")
