@@ -9,7 +9,6 @@ build must match the application's log exactly.
 
 from __future__ import annotations
 
-import sqlite3
 from abc import abstractmethod
 from collections import Counter as Tally
 from collections.abc import Iterator
@@ -83,15 +82,13 @@ class SQLiteCountsStore(SQLiteTrackingRecorder):
         ]
 
     def _increment(self, name: str, tracking: Tracking) -> None:
-        def write(cursor: sqlite3.Cursor) -> None:
-            self._insert_tracking_row(cursor, tracking)
+        with self.datastore.transaction(commit=True) as cursor:
+            self._insert_tracking(cursor, tracking)
             cursor.execute(
                 "INSERT INTO counts VALUES (?, 1) "
                 "ON CONFLICT (name) DO UPDATE SET count = count + 1",
                 (name,),
             )
-
-        self.datastore.write(write, transaction=True)
 
     def _counts_now(self) -> dict[str, int]:
         return dict(self.datastore.read("SELECT name, count FROM counts", ()))
