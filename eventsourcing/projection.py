@@ -24,10 +24,11 @@ import contextlib
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, get_origin
 
 from eventsourcing.application import (
+    AggregateNotFoundError,
     Application,
     LRUCache,
     ProcessingEvent,
@@ -155,28 +156,31 @@ class Projection(ABC, Generic[TTrackingRecorder]):
 class _BatchRepository(Repository[TAggregateID]):
     """The repository as a policy sees it while a batch is processed.
 
-    Aggregates that the policy collected earlier in the batch are not stored yet; they are
-    served as they now are, so the policy carries on from its own changes instead of
-    loading a stale version (which would conflict when recorded). Other aggregates come
-    from ``recorded`` (aggregates that earlier batches recorded) when there, else from the
-    application's repository. Every aggregate handed out is remembered in ``lent``, and
-    taken out of ``recorded`` meanwhile: a policy may change it and then fail.
-    A request for a specific version, or with another projector, goes to the store.
+    Nothing the policy collected earlier in the batch is stored yet, so the policy is given
+    aggregates as the batch has left them: an aggregate it collected is served as it is,
+    and events it collected on their own are applied to the aggregate they belong to.
+    Aggregates come from ``recorded`` (those earlier batches recorded, see
+    :class:`EventSourcedProjection`) when there, else from the application's repository.
+    Each aggregate handed out is remembered in ``lent`` (and taken out of ``recorded``
+    meanwhile, since the policy may change it and then fail). A request for a specific
+    version, or with another projector, goes to the application's repository.
     """
 
     def __init__(
         self,
         repository: Repository[TAggregateID],
-        pending: Mapping[TAggregateID, MutableOrImmutableAggregate],
+        batch: ProcessingEvent[TAggregateID],
         recorded: LRUCache[TAggregateID, MutableOrImmutableAggregate] | None,
     ):
         # Share the repository's stores, cache and settings, so attributes read the same.
         self.__dict__.update(vars(repository))
         self._repository = repository
-        self._pending = pending
+        self._batch = batch
         self._recorded = recorded
         self.lent: dict[TAggregateID, MutableOrImmutableAggregate] = {}
         self.used_recorded = False
+        self._batch_events: dict[TAggregateID, list[DomainEventProtocol[TAggregateID]]] = {}
+        self._num_indexed = 0
 
     def get(
         self,
@@ -188,40 +192,78 @@ class _BatchRepository(Repository[TAggregateID]):
         deepcopy_from_cache: bool = True,
     ) -> Any:
         """Return the aggregate as the batch has left it, else as last recorded."""
-        if version is None and projector_func is project_aggregate:
-            aggregate = self._pending.get(aggregate_id) or self.lent.get(aggregate_id)
-            if aggregate is not None:
-                return aggregate
-            if self._recorded is not None:
-                try:
-                    aggregate = self._recorded.get(aggregate_id, evict=True)
-                except KeyError:
-                    pass
-                else:
-                    self.used_recorded = True
-                    self.lent[aggregate_id] = aggregate
-                    return aggregate
-        aggregate = self._repository.get(
-            aggregate_id,
-            version=version,
-            projector_func=projector_func,
-            fastforward_skipping=fastforward_skipping,
-            deepcopy_from_cache=deepcopy_from_cache,
-        )
-        if version is None and projector_func is project_aggregate:
-            self.lent[aggregate_id] = aggregate
+        if version is not None or projector_func is not project_aggregate:
+            return self._repository.get(
+                aggregate_id,
+                version=version,
+                projector_func=projector_func,
+                fastforward_skipping=fastforward_skipping,
+                deepcopy_from_cache=deepcopy_from_cache,
+            )
+        aggregate = self._latest(aggregate_id)
+        newer = self._newer_batch_events(aggregate_id, aggregate)
+        if newer:
+            aggregate = project_aggregate(aggregate, newer)
+        if aggregate is None:
+            msg = f"Aggregate {aggregate_id!r} version None not found."
+            raise AggregateNotFoundError(msg)
+        self.lent[aggregate_id] = aggregate
         return aggregate
 
+    def _latest(self, aggregate_id: TAggregateID) -> Any:
+        """The aggregate as the batch last had it, or as last recorded (None if new)."""
+        aggregate = self._batch.aggregates.get(aggregate_id)
+        if aggregate is None:
+            aggregate = self.lent.get(aggregate_id)
+        if aggregate is not None:
+            return aggregate
+        if self._recorded is not None:
+            try:
+                aggregate = self._recorded.get(aggregate_id, evict=True)
+            except KeyError:
+                pass
+            else:
+                self.used_recorded = True
+                return aggregate
+        try:
+            return self._repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            if aggregate_id in self._events_by_aggregate():
+                return None  # created by events collected earlier in the batch
+            raise
+
+    def _newer_batch_events(
+        self, aggregate_id: TAggregateID, aggregate: Any
+    ) -> list[DomainEventProtocol[TAggregateID]]:
+        events = self._events_by_aggregate().get(aggregate_id)
+        if not events:
+            return []
+        version = 0 if aggregate is None else getattr(aggregate, "version", 0)
+        return [e for e in events if e.originator_version > version]
+
+    def _events_by_aggregate(self) -> dict[TAggregateID, list[DomainEventProtocol[TAggregateID]]]:
+        """Index the batch's collected events by aggregate (only those new since last time)."""
+        events = self._batch.events
+        index = self._batch_events
+        for event in events[self._num_indexed :]:
+            index.setdefault(event.originator_id, []).append(event)
+        self._num_indexed = len(events)
+        return index
+
     def keep_recorded(self) -> None:
-        """After the batch is recorded, keep its aggregates that hold no unsaved changes."""
+        """After the batch is recorded, keep its aggregates that are as recorded."""
         recorded = self._recorded
         if recorded is None:
             return
+        last_versions = {e.originator_id: e.originator_version for e in self._batch.events}
         # None of these is in `recorded` now: lent ones were taken out, new ones are new.
-        for aggregate_id, aggregate in {**self.lent, **self._pending}.items():
-            # An aggregate changed after it was collected is ahead of the store.
-            if not getattr(aggregate, "_pending_events", None):
-                recorded.put(aggregate_id, aggregate)
+        for aggregate_id, aggregate in {**self.lent, **self._batch.aggregates}.items():
+            if getattr(aggregate, "_pending_events", None):
+                continue  # changed after it was collected: ahead of the store
+            last_version = last_versions.get(aggregate_id)
+            if last_version is not None and getattr(aggregate, "version", None) != last_version:
+                continue  # changed by events collected on their own: behind the store
+            recorded.put(aggregate_id, aggregate)
 
 
 class EventSourcedProjection(Application[TAggregateID], ABC):
@@ -326,9 +368,7 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
         processing_event: ProcessingEvent[TAggregateID],
     ) -> list[Recording[TAggregateID]]:
         tracking = processing_event.tracking
-        view = _BatchRepository(
-            self._repository, processing_event.aggregates, self._recorded_aggregates
-        )
+        view = _BatchRepository(self._repository, processing_event, self._recorded_aggregates)
         state = self._batch_state
         state.view = view
         try:

@@ -877,6 +877,9 @@ class SingleThreadedRunner(_InProcessRunner[TAggregateID], RecordingEventReceive
         self._processing_lock = threading.Lock()
 
     def _start_processing(self) -> None:
+        with self._recording_events_received_lock:
+            # Prompts left from before a restart are about applications closed since.
+            self._recording_events_received = []
         for name in self.system.leaders:
             self._leader(name).lead(self)
         self._process_received()  # catch up with the backlog

@@ -328,6 +328,34 @@ def test_saving_outside_a_batch_refreshes_kept_aggregates(school: DogSchool) -> 
     assert follower.count(dog_id) == 2
 
 
+def test_aggregates_changed_by_bare_events_are_not_kept_stale(school: DogSchool) -> None:
+    calls: list[int] = []
+
+    class BareEvents(Counters):
+        """Collects the counter's events, not the counter (as immutable aggregates must)."""
+
+        def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
+            assert processing_event.tracking is not None
+            calls.append(processing_event.tracking.notification_id)
+            if isinstance(domain_event, Dog.Registered):
+                counter = TrickCounter(domain_event.originator_id)
+            elif isinstance(domain_event, Dog.TrickAdded):
+                counter = self.repository.get(TrickCounter.create_id(domain_event.originator_id))
+                counter.increment()
+            else:
+                return
+            processing_event.collect_events(*counter.collect_events())
+
+    dog_id = school.register("Fido")
+    follower = following(school, BareEvents)
+    for n, trick in enumerate(("sit", "stay", "beg"), start=2):
+        school.add_trick(dog_id, trick)
+        follower.pull_and_process("DogSchool")
+        assert calls[-1] == n
+    assert follower.count(dog_id) == 3
+    assert calls == [1, 2, 3, 4]  # no batch had to run twice
+
+
 @pytest.mark.parametrize("cache_size", ["0", "1"])
 def test_policy_cache_size(school: DogSchool, cache_size: str) -> None:
     expected = run_workload(school, dogs=3, rounds=3)
