@@ -177,6 +177,11 @@ class Follower(EventSourcedProjection[TAggregateID]):
     ``process_batch_size`` notifications (environment variable ``PROCESS_BATCH_SIZE``), each
     batch recorded in one transaction with one tracking record.
 
+    Within a batch the policy's ``repository.get()`` sees what the policy did earlier in
+    the batch; other reads (the follower's own notification log, a query on its recorder)
+    see only what is recorded, that is, not the rest of the batch. Set the batch size to 1
+    where a policy depends on such reads.
+
     ``topics``, when set, restricts processing to events of those topics (the legacy class
     attribute ``follow_topics`` is accepted too).
     """
