@@ -226,6 +226,19 @@ def check_identifier(name: str, what: str = "identifier") -> str:
     return name
 
 
+def quoted(name: str) -> Identifier:
+    """Return ``name`` as a quoted identifier for statements run with parameters.
+
+    psycopg reads ``%`` in a statement as the start of a placeholder, even inside a quoted
+    identifier, so it is doubled here; every statement built from these is executed with a
+    parameter sequence (empty if need be), which turns ``%%`` back into ``%``.
+    """
+    return Identifier(name.replace("%", "%%"))
+
+
+NO_PARAMS: tuple[()] = ()
+
+
 def clip_identifier(name: str) -> str:
     """Cut ``name`` to 63 bytes at a character boundary, as PostgreSQL itself does."""
     encoded = name.encode("utf8")
@@ -599,7 +612,7 @@ class PostgresRecorder:
         """Use ``datastore``; subclasses add their create statements."""
         self.datastore = datastore
         self.sql_create_statements: list[Composed] = []
-        self._schema = Identifier(datastore.schema)
+        self._schema = quoted(datastore.schema)
 
     @staticmethod
     def check_identifier_length(name: str) -> None:
@@ -608,7 +621,7 @@ class PostgresRecorder:
 
     def qualified(self, name: str) -> Composed:
         """Return ``schema.name`` as quoted identifiers."""
-        return SQL("{}.{}").format(self._schema, Identifier(name))
+        return SQL("{}.{}").format(self._schema, quoted(name))
 
     def create_table(self) -> None:
         """Create the schema (if missing), then this recorder's types, tables and indexes."""
@@ -624,12 +637,12 @@ class PostgresRecorder:
             "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.datastore.schema,)
         ).fetchone()
         if found is None:
-            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._schema))
+            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._schema), NO_PARAMS)
 
     def _create_table(self, curs: Cursor[DictRow]) -> None:
         for statement in self.sql_create_statements:
             if not _is_create_type(statement):
-                curs.execute(statement, prepare=False)
+                curs.execute(statement, NO_PARAMS, prepare=False)
 
 
 def _is_create_type(statement: Composable) -> bool:
@@ -643,7 +656,7 @@ def _create_type(conn: Connection[DictRow], *, statement: Composed) -> None:
     # There is no CREATE TYPE IF NOT EXISTS: try it, and accept that it exists (perhaps
     # created at this moment by another process).
     with contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
-        conn.execute(statement, prepare=False)
+        conn.execute(statement, NO_PARAMS, prepare=False)
 
 
 _TABLE_OPTIONS = (
@@ -677,7 +690,7 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
                 "state bytea)"
             ).format(
                 self.qualified(self.stored_event_type_name),
-                Identifier(datastore.originator_id_type),
+                quoted(datastore.originator_id_type),
             )
         )
         self.insert_events_statement = self._insert_statement(returning=False)
@@ -694,7 +707,7 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
             + notification_id
             + "PRIMARY KEY (originator_id, originator_version))"
             + _TABLE_OPTIONS
-        ).format(self._table, Identifier(self.datastore.originator_id_type))
+        ).format(self._table, quoted(self.datastore.originator_id_type))
 
     def _insert_statement(self, *, returning: bool) -> Composed:
         id_type = "uuid" if self._is_uuid else "text"
@@ -725,7 +738,9 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
     ) -> Sequence[int] | None:
         """Insert the events in one statement (all or nothing); return None."""
         if stored_events:
-            self._write([_PendingSave(stored_events, None)], self._insert_autocommit)
+            save = _PendingSave(stored_events, None)
+            self._write([save], self._insert_autocommit)
+            save.result()
         return None
 
     def _insert_autocommit(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
@@ -736,6 +751,7 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
             if is_connection_failure(e, conn):
                 raise _OutcomeUnknownError from e  # it may have committed before the loss
             raise
+        saves[0].ids = []
 
     def _write(
         self,
@@ -829,9 +845,12 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
 
     def _stored_id(self, originator_id: UUID | str) -> UUID | str:
         # Return ids as the column holds them: UUID for uuid columns, str for text ones.
-        if self._is_uuid:
-            return originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
-        return str(originator_id)
+        if self._is_uuid and not isinstance(originator_id, UUID):
+            try:
+                return UUID(originator_id)
+            except ValueError:
+                return originator_id  # not a UUID: the database will say so
+        return originator_id if self._is_uuid else str(originator_id)
 
     def _select_statement(self, gt: bool, lte: bool, desc: bool, limit: bool) -> Composed:
         key = (gt, lte, desc, limit)
@@ -984,7 +1003,7 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
         )
         self.sql_create_statements.append(
             SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} (notification_id ASC)").format(
-                Identifier(self.notification_id_index_name), self._table
+                quoted(self.notification_id_index_name), self._table
             )
         )
         # The same channel as 9.x, so that listeners of either library hear both.
@@ -1000,7 +1019,7 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
             SQL("SET LOCAL lock_timeout = {}").format(SQLLiteral(f"{datastore.lock_timeout}s")),
             SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(self._table),
         ]
-        self._notify_statement = SQL("NOTIFY {}").format(Identifier(self.channel_name))
+        self._notify_statement = SQL("NOTIFY {}").format(quoted(self.channel_name))
         self._notification_statements: dict[tuple[bool, bool, bool, bool], Composed] = {}
         self._coalescer = _SaveCoalescer(self._commit, self.max_coalesced_saves)
 
@@ -1018,7 +1037,7 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
             function=self.qualified(self.pg_function_name_insert_events),
             type=self.qualified(self.stored_event_type_name),
             lock_timeout=SQLLiteral(f"{self.datastore.lock_timeout}s"),
-            channel=Identifier(self.channel_name),
+            channel=quoted(self.channel_name),
             table=self._table,
         )
 
@@ -1059,8 +1078,9 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
 
     def _commit_together(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
         events = [e for save in saves for e in save.stored_events]
-        if any(save.tracking for save in saves):
-            ids = self._commit_checked(conn, saves, events)
+        trackings = [save.tracking for save in saves if save.tracking]
+        if trackings:
+            ids = self._commit_checked(conn, trackings, events)
         else:
             ids = self._commit_in_one_round_trip(conn, events)
         for save in saves:
@@ -1069,98 +1089,69 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
     def _commit_in_one_round_trip(
         self, conn: Connection[DictRow], events: Sequence[StoredEvent]
     ) -> list[int]:
-        # BEGIN, the lock, NOTIFY, INSERT and COMMIT go to the server together. If the INSERT
-        # fails, the server skips what follows, COMMIT included, and we roll back.
-        def send() -> Cursor[Any] | None:
-            conn.execute(_BEGIN, prepare=False)
-            self._begin(conn)
-            curs = self._send_insert(conn, events)
-            self._send_commit(conn)
-            return curs
-
+        # BEGIN, the lock, NOTIFY, INSERT and COMMIT go to the server as one query. If the
+        # INSERT fails, the server skips what follows, COMMIT included, and we roll back.
+        script = [*self._begin_statements(), self._insert(events), *self._commit_statements()]
         with _committing(conn) as commit:
             commit()  # all is sent at once: a lost connection leaves the outcome unknown
-            curs = _send_and_sync(conn, send)
-        return [row[0] for row in curs.fetchall()] if curs else []
+            results = _run_script(conn, script)
+        return [row[0] for row in results[0]] if events else []
 
     def _commit_checked(
-        self, conn: Connection[DictRow], saves: list[_PendingSave], events: Sequence[StoredEvent]
+        self, conn: Connection[DictRow], trackings: list[Tracking], events: Sequence[StoredEvent]
     ) -> list[int]:
-        # Tracking records are refused without an error, so check them before committing.
-        def send() -> tuple[list[Callable[[], bool]], Cursor[Any] | None]:
-            conn.execute(_BEGIN, prepare=False)
-            self._begin(conn)
-            checks = [self._send_tracking(conn, s.tracking) for s in saves if s.tracking]
-            return checks, self._send_insert(conn, events)
-
-        checks, curs = _send_and_sync(conn, send)
-        if not all(check() for check in checks):
+        # Tracking records are refused without an error, so look before committing.
+        script = [*self._begin_statements(), *map(self._upsert_tracking, trackings)]
+        if events:
+            script.append(self._insert(events))
+        results = _run_script(conn, script)
+        if not all(results[: len(trackings)]):
             _rollback_quietly(conn)
             raise _SaveRefusedError
-        ids = [row[0] for row in curs.fetchall()] if curs else []
         with _committing(conn) as commit:
             commit()
-            _send_and_sync(conn, lambda: self._send_commit(conn))
-        return ids
+            _run_script(conn, self._commit_statements())
+        return [row[0] for row in results[-1]] if events else []
 
     def _commit_one_by_one(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
         """Commit the saves in one transaction, a savepoint each: a failure fails one save."""
-
-        def begin() -> None:
-            conn.execute(_BEGIN, prepare=False)
-            self._begin(conn)
-
-        _send_and_sync(conn, begin)
+        _run_script(conn, self._begin_statements())
         for save in saves:
             self._save_with_savepoint(conn, save)
         with _committing(conn) as commit:
             commit()
-            _send_and_sync(conn, lambda: self._send_commit(conn))
+            _run_script(conn, self._commit_statements())
 
     def _save_with_savepoint(self, conn: Connection[DictRow], save: _PendingSave) -> None:
-        def send() -> tuple[Callable[[], bool] | None, Cursor[Any] | None]:
-            conn.execute(_SAVEPOINT, prepare=False)
-            check = self._send_tracking(conn, save.tracking) if save.tracking else None
-            return check, self._send_insert(conn, save.stored_events)
-
-        def undo() -> None:
-            conn.execute(_ROLLBACK_TO_SAVEPOINT, prepare=False)
-
+        script: list[_Statement] = [(_SAVEPOINT, NO_PARAMS)]
+        if save.tracking:
+            script.append(self._upsert_tracking(save.tracking))
+        if save.stored_events:
+            script.append(self._insert(save.stored_events))
         try:
-            check, curs = _send_and_sync(conn, send, on_error=undo)
-            if check is not None and not check():
-                undo()
+            results = _run_script(conn, script, on_error=_ROLLBACK_TO_SAVEPOINT)
+            if save.tracking and not results[0]:
+                _run_script(conn, [(_ROLLBACK_TO_SAVEPOINT, NO_PARAMS)])
                 raise _SaveRefusedError
-            save.ids = [row[0] for row in curs.fetchall()] if curs else []
+            save.ids = [row[0] for row in results[-1]] if save.stored_events else []
         except (psycopg.IntegrityError, psycopg.DataError, _SaveRefusedError) as e:
             save.ids = None
             save.error = self._save_error(e, save)
 
-    def _send_commit(self, conn: Connection[DictRow]) -> None:
-        for statement in self.before_commit_statements:
-            conn.execute(statement, prepare=False)
-        conn.execute(_COMMIT, prepare=False)
+    def _begin_statements(self) -> list[_Statement]:
+        return [
+            (_BEGIN, NO_PARAMS),
+            *((s, NO_PARAMS) for s in self.lock_table_statements),
+            (self._notify_statement, NO_PARAMS),
+        ]
 
-    def _begin(self, conn: Connection[DictRow]) -> None:
-        # Nothing sent in a write pipeline is prepared: if a statement fails, the server
-        # skips the rest of the pipeline, PREPAREs included, and psycopg's cache of
-        # prepared statements would then name statements the server doesn't have.
-        for statement in self.lock_table_statements:
-            conn.execute(statement, prepare=False)
-        conn.execute(self._notify_statement, prepare=False)
+    def _commit_statements(self) -> list[_Statement]:
+        return [*((s, NO_PARAMS) for s in self.before_commit_statements), (_COMMIT, NO_PARAMS)]
 
-    def _send_insert(
-        self, conn: Connection[DictRow], events: Sequence[StoredEvent]
-    ) -> Cursor[Any] | None:
-        if not events:
-            return None
-        curs = conn.cursor(row_factory=psycopg.rows.tuple_row)
-        curs.execute(
-            self.insert_events_statement, self._insert_params(events), binary=True, prepare=False
-        )
-        return curs
+    def _insert(self, events: Sequence[StoredEvent]) -> _Statement:
+        return self.insert_events_statement, self._insert_params(events)
 
-    def _send_tracking(self, conn: Connection[DictRow], tracking: Tracking) -> Callable[[], bool]:
+    def _upsert_tracking(self, tracking: Tracking) -> _Statement:
         raise ProgrammingError(
             f"{type(self).__name__} records no tracking: use a PostgresProcessRecorder "
             "(factory.process_recorder()) to record events with tracking"
@@ -1245,33 +1236,37 @@ _SAVEPOINT = SQL("SAVEPOINT save")
 _ROLLBACK_TO_SAVEPOINT = SQL("ROLLBACK TO SAVEPOINT save")
 
 
-def _send_and_sync(
-    conn: Connection[Any], send: Callable[[], _T], on_error: Callable[[], None] | None = None
-) -> _T:
-    """Send statements in a pipeline and wait for all their results (one round trip).
+_Statement = tuple[SQL | Composed, Sequence[Any]]
 
-    On an error the transaction is rolled back (or ``on_error`` undoes the failed part) and
-    the first error is raised. Errors are caught inside the pipeline block, since leaving it
-    with one makes psycopg warn.
+
+def _run_script(
+    conn: Connection[Any], script: Sequence[_Statement], on_error: SQL | None = None
+) -> list[list[tuple[Any, ...]]]:
+    """Run the statements as one query, in one round trip; return the rows of each query
+    that returns rows, in order.
+
+    Parameters are bound on the client side (psycopg's ClientCursor), which is what lets
+    several statements with parameters go as one query, and costs less than a pipeline. On
+    an error, ``on_error`` (a statement) undoes the failed part, or else the transaction is
+    rolled back, and the error is raised.
     """
-    error: psycopg.Error | None = None
-    result: _T | None = None
+    query = SQL("; ").join(statement for statement, _ in script)
+    params = [p for _, statement_params in script for p in statement_params]
+    curs = psycopg.ClientCursor(conn, row_factory=psycopg.rows.tuple_row)
     try:
-        with conn.pipeline() as pipeline:
-            try:
-                result = send()
-                pipeline.sync()
-            except psycopg.Error as e:
-                error = e
-    except psycopg.Error as e:
-        error = error or e
-    if error is not None:
+        curs.execute(query, params, prepare=False)
+    except psycopg.Error:
         if on_error is not None and not conn.broken:
-            on_error()
+            curs.execute(on_error, NO_PARAMS)
         else:
             _rollback_quietly(conn)
-        raise error
-    return cast(_T, result)
+        raise
+    results = []
+    while True:
+        if curs.description is not None:
+            results.append(curs.fetchall())
+        if not curs.nextset():
+            return results
 
 
 def _rollback_quietly(conn: Connection[Any]) -> None:
@@ -1279,7 +1274,7 @@ def _rollback_quietly(conn: Connection[Any]) -> None:
         return
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         with contextlib.suppress(psycopg.Error):
-            conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK", NO_PARAMS)
 
 
 @contextmanager
@@ -1333,7 +1328,7 @@ class PostgresSubscription(ListenNotifySubscription[PostgresApplicationRecorder]
     def _connect_and_listen(self) -> Connection[DictRow]:
         conn = self._recorder.datastore.connect()
         try:
-            conn.execute(SQL("LISTEN {}").format(Identifier(self._recorder.channel_name)))
+            conn.execute(SQL("LISTEN {}").format(quoted(self._recorder.channel_name)), NO_PARAMS)
         except psycopg.Error as e:
             conn.close()
             raise self._recorder.datastore.translate(e) from e
@@ -1464,9 +1459,10 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
 
     def _table_exists(self, curs: Cursor[DictRow]) -> bool:
         row = curs.execute(
-            "SELECT to_regclass(%s) AS oid", (self._tracking_table.as_string(curs),)
+            "SELECT 1 AS found FROM pg_tables WHERE schemaname = %s AND tablename = %s",
+            (self.datastore.schema, self.tracking_table_name),
         ).fetchone()
-        return row is not None and row["oid"] is not None
+        return row is not None
 
     def _is_migrated(self, curs: Cursor[DictRow]) -> bool:
         curs.execute(self.max_tracking_id_statement, (self.table_migration_identifier,))
@@ -1475,17 +1471,21 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
 
     def _move_multi_row_table(self, curs: Cursor[DictRow]) -> dict[str, int]:
         """Rename a multi-row table to bkup1_<name>; return each application's maximum."""
-        curs.execute(self.lock_statements()[0])
-        curs.execute(SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(self._tracking_table))
+        curs.execute(self.lock_statements()[0], NO_PARAMS)
+        curs.execute(
+            SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(self._tracking_table), NO_PARAMS
+        )
         rows = curs.execute(
             SQL(
                 "SELECT application_name, MAX(notification_id) AS max FROM {} "
                 "GROUP BY application_name"
-            ).format(self._tracking_table)
+            ).format(self._tracking_table),
+            NO_PARAMS,
         ).fetchall()
         backup = clip_identifier(f"bkup1_{self.tracking_table_name}")
         curs.execute(
-            SQL("ALTER TABLE {} RENAME TO {}").format(self._tracking_table, Identifier(backup))
+            SQL("ALTER TABLE {} RENAME TO {}").format(self._tracking_table, quoted(backup)),
+            NO_PARAMS,
         )
         return {row["application_name"]: row["max"] for row in rows}
 
@@ -1613,15 +1613,13 @@ class PostgresProcessRecorder(
             events_table_name=events_table_name,
         )
 
-    def _send_tracking(self, conn: Connection[DictRow], tracking: Tracking) -> Callable[[], bool]:
-        self._check_multi_row_table(conn)
-        curs = conn.cursor()
-        curs.execute(
-            self.insert_tracking_statement,
-            (tracking.application_name, tracking.notification_id),
-            prepare=False,  # see _begin
-        )
-        return lambda: curs.fetchone() is not None
+    def _upsert_tracking(self, tracking: Tracking) -> _Statement:
+        return self.insert_tracking_statement, (tracking.application_name, tracking.notification_id)
+
+    def _commit_batch(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
+        if any(save.tracking for save in saves):
+            self._check_multi_row_table(conn)
+        super()._commit_batch(conn, saves)
 
     def _tracking_refused_error(self, save: _PendingSave | None) -> IntegrityError:
         return PostgresTrackingRecorder._tracking_refused_error(self, save)

@@ -369,6 +369,7 @@ def test_schema_is_created_and_used(postgres_database: PostgresDatabase) -> None
 NASTY_NAMES = [
     'Robert"); DROP TABLE students;--',
     "it's; SELECT 1",
+    "100%s off %(x)s %%",  # psycopg placeholders
     "Ünïcødé 🐈",
     "UPPER and lower",
 ]
