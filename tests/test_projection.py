@@ -19,13 +19,14 @@ from uuid import UUID
 import psycopg
 import pytest
 from psycopg.sql import SQL, Composed
-from test_system_model import HAS_POSTGRES, WAIT, DogSchool, run_workload
+from system_model import WAIT, DogSchool, run_workload
 
 from eventsourcing.application import Application
 from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
 from eventsourcing.popo import POPOTrackingRecorder
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.projection import (
     ApplicationSubscription,
     BaseProjectionRunner,
@@ -36,11 +37,6 @@ from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from eventsourcing.tests import projection as reusable
 from eventsourcing.tests.projection import Counters, EventCountersView
 from eventsourcing.utils import get_topic
-
-if HAS_POSTGRES:
-    from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
-else:  # pragma: no cover
-    PostgresTrackingRecorder = POPOTrackingRecorder  # type: ignore[misc,assignment]
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -269,8 +265,6 @@ class PostgresDatabase:
 
     @pytest.fixture(autouse=True)
     def _postgres_env(self, request: pytest.FixtureRequest) -> None:
-        if not HAS_POSTGRES:
-            pytest.skip("eventsourcing.postgres is not available yet")
         database = request.getfixturevalue("postgres_database")
         self.env = {"PERSISTENCE_MODULE": "eventsourcing.postgres", **database.env}  # type: ignore[misc]
 
@@ -311,8 +305,6 @@ def counts_backend(
         }
         yield "sqlite", env, SQLiteTopicCounts
     else:
-        if not HAS_POSTGRES:
-            pytest.skip("eventsourcing.postgres is not available yet")
         database = request.getfixturevalue("postgres_database")
         env = {"PERSISTENCE_MODULE": "eventsourcing.postgres", **database.env}
         yield "postgres", env, PostgresTopicCounts
@@ -346,12 +338,12 @@ def test_counts_view_matches_the_log_while_the_application_records(
         assert runner.view.max_tracking_id("DogSchool") == last
 
 
+@pytest.mark.parametrize("counts_backend", ["sqlite", "postgres"], indirect=True)
 def test_counts_view_interrupted_and_rebuilt_from_scratch_matches(
     counts_backend: tuple[str, dict[str, str], type[TopicCountsView]],
 ) -> None:
+    # Persistent back ends only: an in-memory application does not outlive its runner.
     name, env, view_class = counts_backend
-    if name == "popo":
-        pytest.skip("an in-memory application does not outlive its runner")
     with DogSchool(env=env) as school:
         run_workload(school, dogs=12, rounds=8)
         expected = topic_counts_of(school)

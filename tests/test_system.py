@@ -13,7 +13,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from test_system_model import (
+from system_model import (
     RUNNERS,
     SYSTEM,
     WAIT,

@@ -2,7 +2,7 @@
 
 Every test here runs on each of the four in-process runners. The system is a dog school, a
 process application that counts each dog's tricks, and a follower that totals the counters
-(see ``test_system_model``). Exactly-once processing is checked under failure: policies that
+(see ``system_model``). Exactly-once processing is checked under failure: policies that
 fail at random notifications, runners stopped in the middle of a backlog and replaced, runners
 stopped and started again, and a follower added to a system that has already run.
 """
@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_system_model import (
+from system_model import (
     BACKENDS,
     FAILURES,
     PERSISTENT_BACKENDS,
     RUNNERS,
+    SYNCHRONOUS,
     SYSTEM,
     SYSTEM_WITH_AUDITOR,
-    THREADED,
     WAIT,
     Auditor,
     Backend,
@@ -100,11 +100,10 @@ def test_same_final_state(runner_cls: type[Runner[Any]], backend: Backend, batch
         assert_settled_state(runner, expected)
 
 
+@pytest.mark.parametrize("runner_cls", SYNCHRONOUS, ids=lambda cls: cls.__name__)
 def test_synchronous_runners_settle_inside_save(
     runner_cls: type[Runner[Any]], backend: Backend
 ) -> None:
-    if issubclass(runner_cls, THREADED):
-        pytest.skip("threaded runners process after save() returns")
     with runner_cls(SYSTEM, env=backend.env) as runner:
         school = runner.get(DogSchool)
         dog_id = school.register("Fido")
@@ -205,11 +204,11 @@ def _wait_for_counters_or_error(runner: MultiThreadedRunner[Any]) -> bool:
     return True
 
 
+@pytest.mark.parametrize("runner_cls", SYNCHRONOUS, ids=lambda cls: cls.__name__)
 def test_policy_failures_inside_save_are_recovered_by_later_saves(
     runner_cls: type[Runner[Any]], persistent_backend: Backend
 ) -> None:
-    if issubclass(runner_cls, THREADED):
-        pytest.skip("threaded runners report failures from stop(), tested above")
+    # Threaded runners report failures from stop(), tested above.
     FAILURES.remaining.update({3: 1, 7: 2})
     with runner_cls(SYSTEM, env=persistent_backend.env) as runner:
         school = runner.get(DogSchool)
