@@ -54,6 +54,18 @@ REQUIRED = {
     "ProjectorFunction MutatorFunction",
     "eventsourcing.interface": "NotificationLogInterface NotificationLogJSONService "
     "NotificationLogJSONClient",
+    "eventsourcing.postgres": "PgStoredEvent ConnectionPool PostgresDatastore PostgresRecorder "
+    "PostgresAggregateRecorder PostgresApplicationRecorder PostgresSubscription "
+    "PostgresTrackingRecorder PostgresProcessRecorder BasePostgresFactory PostgresFactory "
+    "Factory",
+    "eventsourcing.projection": "ApplicationSubscription Projection EventSourcedProjection "
+    "BaseProjectionRunner ProjectionRunner EventSourcedProjectionRunner TApplication "
+    "TEventSourcedProjection",
+    "eventsourcing.system": "RecordingEvent RecordingEventReceiver Follower Leader "
+    "ProcessApplication System Runner SingleThreadedRunner NewSingleThreadedRunner "
+    "MultiThreadedRunner NewMultiThreadedRunner RunnerAlreadyStartedError "
+    "NotificationPullingError NotificationConvertingError EventProcessingError "
+    "NotificationLogReader",
 }
 
 
