@@ -384,9 +384,12 @@ def test_names_reach_sql_as_quoted_identifiers(
     snapshots = f.aggregate_recorder("snapshots")
     ids = recorder.insert_events([StoredEvent(uuid4(), 1, "t", b"x")], tracking=Tracking("up", 1))
     assert ids == [1]
+    many = [StoredEvent(uuid4(), 1, "t", b"x") for _ in range(100)]  # sent with COPY
+    assert recorder.insert_events(many) == list(range(2, 102))
     snapshots.insert_events([StoredEvent(uuid4(), 1, "t", b"x")])
     with recorder.subscribe(gt=0) as subscription:
         assert next(subscription).id == 1
+    assert recorder.max_notification_id() == 101
     f.close()
     prefix = name.lower()
     assert table_names(postgres_database, name) == {
@@ -441,6 +444,27 @@ def test_str_ids_in_uuid_tables_are_returned_as_uuids(postgres_database: Postgre
     assert event.originator_id == originator_id
     (notification,) = recorder.select_notifications(None, 1)
     assert notification.originator_id == originator_id
+    f.close()
+
+
+@pytest.mark.parametrize("size", [3, 200], ids=["insert", "copy"])
+def test_conflicts_in_big_and_small_batches_write_nothing(
+    postgres_database: PostgresDatabase, size: int
+) -> None:
+    f = factory(postgres_database.env, "App")
+    recorder = f.application_recorder()
+    taken = StoredEvent(uuid4(), 1, "t", b"taken")
+    (first,) = recorder.insert_events([taken]) or []
+    batch = [StoredEvent(uuid4(), 1, "t", b"x") for _ in range(size - 1)] + [taken]
+    with pytest.raises(IntegrityError):
+        recorder.insert_events(batch)
+    assert [n.id for n in recorder.select_notifications(None, 1000)] == [first]
+    ids = recorder.insert_events(batch[:-1])
+    after_first = recorder.select_notifications(first, 1000, inclusive_of_start=False)
+    assert [n.id for n in after_first] == ids
+    assert [n.state for n in recorder.select_notifications(None, 1000)] == [b"taken"] + [
+        b"x"
+    ] * (size - 1)
     f.close()
 
 
