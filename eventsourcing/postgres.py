@@ -986,11 +986,24 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
     writers queue up, one flush each. Instead of giving every save its own transaction,
     the saves that threads of this recorder make at the same moment are coalesced
     (:class:`_SaveCoalescer`) into one transaction: one lock, one flush, one NOTIFY for all
-    of them, their events sent in one ``INSERT`` in one round trip. If any save of a batch
-    fails (a version conflict, a refused tracking record), the batch is redone with a
-    savepoint per save, so the conflict fails only its own save and the others commit.
-    Measured on a 2-core machine (16 threads each saving one new aggregate per command):
-    see the report in the PostgreSQL tests; a lone writer pays nothing for it.
+    of them, their events sent in one ``INSERT`` (or ``COPY``, for many events) in one
+    round trip. If any save of a batch fails (a version conflict, a refused tracking
+    record), the batch is redone with a savepoint per save, so the conflict fails only its
+    own save and the others commit. Processes coalesce their own threads' saves and take
+    turns at the lock.
+
+    Measured on a 2-core machine with ~0.1 ms fsync (new aggregates of one event per save,
+    best of two 3 s runs), saves per second::
+
+                                           1 thread   16 threads
+        coalesced saves + lock (this)         1,745        9,532
+        a transaction per save + lock (9.x)   1,673        1,493
+        a transaction per save, no lock       1,675        1,698   (unsafe: skips ids)
+        coalesced, no lock                    1,877        9,613   (unsafe: skips ids)
+
+    So the lock itself costs little here (about 1% when coalescing, 12% without), and
+    coalescing gives 6x with 16 threads; on disks with slower flushes the lock costs
+    each uncoalesced save a whole flush, and coalescing saves more.
 
     Gaps. A failed or rolled-back insert uses up sequence values, so ids can have gaps;
     they are never filled in later.
@@ -1521,7 +1534,8 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
 
     def _move_multi_row_table(self, curs: Cursor[DictRow]) -> dict[str, int]:
         """Rename a multi-row table to bkup1_<name>; return each application's maximum."""
-        curs.execute(self.lock_statements()[0], NO_PARAMS)
+        lock_timeout = SQLLiteral(f"{self.datastore.lock_timeout}s")
+        curs.execute(SQL("SET LOCAL lock_timeout = {}").format(lock_timeout), NO_PARAMS)
         curs.execute(
             SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(self._tracking_table), NO_PARAMS
         )
@@ -1539,12 +1553,6 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
         )
         return {row["application_name"]: row["max"] for row in rows}
 
-    def lock_statements(self) -> list[Composed]:
-        """Statements that bound how long this transaction waits for locks."""
-        return [SQL("SET LOCAL lock_timeout = {}").format(
-            SQLLiteral(f"{self.datastore.lock_timeout}s")
-        )]
-
     def _upsert(self, curs: Cursor[Any], application_name: str, notification_id: int) -> bool:
         curs.execute(self.insert_tracking_statement, (application_name, notification_id))
         return curs.fetchone() is not None
@@ -1561,16 +1569,14 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
 
         def attempt(conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
             self._check_multi_row_table(conn)
-            with _committing(conn) as commit, conn.transaction():
-                with conn.cursor() as curs:
-                    recorded = self._upsert(
-                        curs, tracking.application_name, tracking.notification_id
-                    )
-                if not recorded:
-                    save.error = self._tracking_refused_error(save)
-                    return
-                save.ids = []
+            # One statement in autocommit mode: atomic, and one round trip.
+            with _committing(conn) as commit, conn.cursor() as curs:
                 commit()
+                recorded = self._upsert(curs, tracking.application_name, tracking.notification_id)
+            if recorded:
+                save.ids = []
+            else:
+                save.error = self._tracking_refused_error(save)
 
         _TrackingWriter(self).write([save], attempt)
 

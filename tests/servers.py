@@ -22,6 +22,7 @@ Nothing here is imported by the library; ``tests/conftest.py`` wraps these in fi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import secrets
@@ -224,6 +225,7 @@ class LocalPostgres(PostgresServer):
         )
         self._initdb()
         self._start()
+        atexit.register(self.stop)  # in case the session ends without its finalizers
 
     @property
     def can_restart(self) -> bool:
