@@ -366,7 +366,9 @@ class PostgresDatastore:
             timeout=connect_timeout,
             max_waiting=max_waiting,
             max_lifetime=conn_max_age,
-            check=ConnectionPool.check_connection if pre_ping else None,
+            # Not psycopg_pool's check: it waits 1, 2, 4... s between dead connections,
+            # so a pool of dead ones (after a restart) times out. See _checkout().
+            check=None,
         )
 
     def _connect_kwargs(self, password: str) -> dict[str, Any]:
@@ -409,14 +411,38 @@ class PostgresDatastore:
     @contextmanager
     def get_connection(self) -> Iterator[Connection[DictRow]]:
         """Lend a pooled connection; psycopg errors become the library's errors."""
-        with self._translated(), self._pooled_connection() as conn:
-            yield conn
+        conn = self._checkout(_Backoff(self.connect_timeout))
+        try:
+            with self._translated():
+                yield conn
+        finally:
+            self.pool.putconn(conn)
 
-    @contextmanager
-    def _pooled_connection(self) -> Iterator[Connection[DictRow]]:
-        self._open_pool()
-        with self.pool.connection() as conn:
-            yield conn
+    def _checkout(self, backoff: _Backoff) -> Connection[DictRow]:
+        """Take a connection from the pool, waiting while the server can't be reached.
+
+        With ``pre_ping``, a connection is checked first; if it is dead (the server was
+        restarted, say), every idle connection is checked and the dead ones replaced.
+        """
+        while True:
+            self._open_pool()
+            try:
+                conn = self.pool.getconn(timeout=backoff.remaining())
+            except psycopg.Error as e:
+                error = self.translate(e)
+                if not isinstance(error, _ServerUnreachableError):
+                    raise error from e
+                if not self._wait_to_retry(error, backoff):
+                    raise self._gave_up(error, backoff) from e
+                continue
+            if not self.pre_ping or _is_alive(conn):
+                return conn
+            self.pool.putconn(conn)  # a broken connection is discarded by the pool
+            if not self._wait_to_retry(OperationalError("a pooled connection was dead"), backoff):
+                raise OperationalError(
+                    f"Gave up after {backoff.elapsed():.1f}s waiting for a live connection to "
+                    f"{self.describe()}"
+                )
 
     def _open_pool(self) -> None:
         if self._is_open:
@@ -500,20 +526,17 @@ class PostgresDatastore:
         """
         backoff = backoff or _Backoff(self.connect_timeout)
         while True:
-            conn: Connection[DictRow] | None = None
+            conn = self._checkout(backoff)
             try:
-                self._open_pool()
-                with self.pool.connection(timeout=backoff.remaining()) as conn:
-                    return operation(conn)
+                return operation(conn)
             except psycopg.Error as e:
                 error = self.translate(e)
-                retriable = isinstance(error, _ServerUnreachableError) or is_connection_failure(
-                    e, conn
-                )
-                if not retriable:
+                if not is_connection_failure(e, conn):
                     raise error from e
                 if not self._wait_to_retry(error, backoff):
                     raise self._gave_up(error, backoff) from e
+            finally:
+                self.pool.putconn(conn)
 
     def _wait_to_retry(self, error: PersistenceError, backoff: _Backoff) -> bool:
         if backoff.attempts == 0:
@@ -557,6 +580,14 @@ class PostgresDatastore:
     def __del__(self) -> None:
         if hasattr(self, "_open_lock"):
             self.close()
+
+
+def _is_alive(conn: Connection[Any]) -> bool:
+    try:
+        ConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        return False
+    return True
 
 
 class _ServerUnreachableError(OperationalError):

@@ -5,6 +5,7 @@ Each test runs against a real server (a database of its own); nothing is mocked.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -287,7 +288,7 @@ class Dog(Aggregate):
 
 
 def test_application_threads_racing_on_one_aggregate(postgres_database: PostgresDatabase) -> None:
-    app = Application[UUID](env={"PERSISTENCE_MODULE": "eventsourcing.postgres", **postgres_database.env})
+    app = Application[UUID](env=app_env(postgres_database))
     try:
         dog = Dog("Fido")
         app.save(dog)
@@ -524,3 +525,47 @@ def test_psycopg_is_not_leaked(postgres_database: PostgresDatabase) -> None:
         assert not isinstance(cm.value, psycopg.Error)
     finally:
         app.close()
+
+
+def backend_pids(datastore: PostgresDatastore, n: int) -> set[int]:
+    """The server processes behind ``n`` connections taken from the pool at once."""
+    pids = set()
+    with contextlib.ExitStack() as stack:
+        for _ in range(n):
+            conn = stack.enter_context(datastore.get_connection())
+            row = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()
+            assert row is not None
+            pids.add(row["pid"])
+    return pids
+
+
+def test_connections_are_replaced_after_max_age(postgres_database: PostgresDatabase) -> None:
+    env = app_env(postgres_database, POSTGRES_CONN_MAX_AGE="0.5", POSTGRES_POOL_SIZE="2")
+    f = PostgresFactory(Environment("App", env))
+    try:
+        before = backend_pids(f.datastore, 2)
+        time.sleep(1.0)
+        backend_pids(f.datastore, 4)  # expired connections are replaced as they come back
+        time.sleep(0.2)
+        with postgres_database.connect() as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s", (postgres_database.name,)
+            ).fetchall()
+        assert before.isdisjoint(row[0] for row in rows)
+    finally:
+        f.close()
+
+
+def test_pre_ping_hands_out_live_connections_after_a_restart(
+    postgres_database: PostgresDatabase,
+) -> None:
+    f = PostgresFactory(Environment("App", app_env(postgres_database, POSTGRES_PRE_PING="y")))
+    try:
+        recorder = f.application_recorder()
+        backend_pids(f.datastore, 3)
+        postgres_database.server.disconnect_clients(postgres_database.name)
+        with f.datastore.get_connection() as conn:  # checked before it is handed out
+            assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+        assert recorder.max_notification_id() is None
+    finally:
+        f.close()
