@@ -304,6 +304,7 @@ class _ReconnectBackoff(psycopg_pool.base.AttemptWithBackoff):
     INITIAL_DELAY = 0.1
 
     def update_delay(self, now: float) -> None:
+        """Double the delay (starting at 0.1 s), capped at 2 s."""
         super().update_delay(now)
         self.delay = min(self.delay, 2.0)
 
@@ -1377,6 +1378,7 @@ def _committing(conn: Connection[Any]) -> Iterator[Callable[[], None]]:
     sent = False
 
     def commit() -> None:
+        """Mark that COMMIT is being sent."""
         nonlocal sent
         sent = True
 
@@ -1599,6 +1601,7 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
         tracking = save.tracking
 
         def attempt(conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
+            """Upsert the tracking record, deciding the save."""
             self._check_multi_row_table(conn)
             # One statement in autocommit mode: atomic, and one round trip.
             with _committing(conn) as commit, conn.cursor() as curs:
@@ -1656,6 +1659,7 @@ class _TrackingWriter:
         saves: list[_PendingSave],
         attempt: Callable[[Connection[DictRow], list[_PendingSave]], None],
     ) -> None:
+        """Run ``attempt``; if its outcome is unknown, look, and retry if not recorded."""
         datastore = self.recorder.datastore
         backoff = _Backoff(datastore.connect_timeout)
         save = saves[0]

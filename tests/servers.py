@@ -574,6 +574,7 @@ def _start_redis(executable: Path | None, source: str) -> RedisServer | None:
     )
 
     def stop() -> None:
+        """Terminate the server and remove its folder."""
         process.terminate()
         try:
             process.wait(10)

@@ -320,6 +320,13 @@ def test_application_threads_racing_on_one_aggregate(postgres_database: Postgres
 # Faults: a restarted server, a server that stays down
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def app_env(db: PostgresDatabase, **extra: str) -> dict[str, str]:
     return {"PERSISTENCE_MODULE": "eventsourcing.postgres", **db.env, **extra}
 
@@ -365,13 +372,13 @@ def test_server_restart_in_the_middle_of_saves(postgres_database: PostgresDataba
     stop = threading.Event()
     try:
         outcomes, thread = saving(app, stop)
-        time.sleep(0.3)
+        wait_for(lambda: len(outcomes) >= 20)
         before = len(outcomes)
         if server.can_restart:
             server.restart()
         else:  # a server we didn't start: drop every connection instead
             assert server.disconnect_clients(postgres_database.name) > 0
-        time.sleep(0.5)
+        wait_for(lambda: len(outcomes) > before + 20)
         stop.set()
         thread.join()
         after = [o for _, o in outcomes[before + 1 :]]
