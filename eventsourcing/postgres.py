@@ -23,7 +23,8 @@ Environment variables (read through ``Environment.get``, so ``<APPNAME>_<KEY>`` 
 * ``ORIGINATOR_ID_TYPE``: ``uuid`` (default) or ``text`` columns for originator ids.
 * ``SINGLE_ROW_TRACKING`` (default ``t``): one tracking row per upstream application, older
   multi-row tracking tables being migrated. ``POSTGRES_ENABLE_DB_FUNCTIONS`` (default no):
-  also create and insert through the ``es_insert_events_<type>`` function.
+  also create the ``es_insert_events_<type>`` function that 9.x clients may call (our own
+  inserts don't use it: one function per id type can serve only one table per schema).
 * ``APPLICATION_RECORDER_TOPIC``, ``TRACKING_RECORDER_TOPIC``, ``PROCESS_RECORDER_TOPIC``.
 
 Tables are named after the application (``<name>_events``, ``<name>_snapshots``,
@@ -41,10 +42,17 @@ Guarantees:
 * Ordering: a reader tailing the log by notification id never skips an id that commits later
   (see :class:`PostgresApplicationRecorder`). Ids increase but may have gaps.
 * Faults: a lost connection or a restarting server is retried with backoff for up to the
-  connect timeout; then ``OperationalError`` says what failed. An exhausted pool raises
-  ``ConnectionUnavailableError``. Passwords never appear in messages.
+  connect timeout; then ``OperationalError`` says what failed. If a connection is lost
+  after COMMIT was sent, the rows are read back to learn whether the save was recorded, so
+  a save is never applied twice (if the server can't be reached to look, the error says
+  the outcome is unknown). An exhausted
+  pool raises ``ConnectionUnavailableError``. Passwords never appear in messages or logs.
 * Subscriptions: ``subscribe()`` is woken by ``LISTEN``/``NOTIFY``, so writers in any process
   (ours or ``eventsourcing`` 9.x) wake it.
+
+Speed: a save is one query (BEGIN, lock, NOTIFY, INSERT, COMMIT) in one round trip;
+concurrent saves of one recorder share a transaction; batches of many events use binary
+``COPY``; reads use binary results. Not provided: sharding, or ordering across tables.
 """
 
 from __future__ import annotations
@@ -814,7 +822,14 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
                 return
             except _OutcomeUnknownError as e:
                 undecided = [save for save in todo if save.error is None]
-                todo = self.datastore.run(partial(self._recover, saves=undecided), backoff)
+                try:
+                    todo = self.datastore.run(partial(self._recover, saves=undecided), backoff)
+                except OperationalError as lost:
+                    raise OperationalError(
+                        f"The connection to {self.datastore.describe()} was lost while "
+                        "committing, and couldn't be made again to learn whether the events "
+                        f"were recorded ({lost}): reload the aggregate before retrying"
+                    ) from e
                 if not todo:
                     return
                 logger.info("retrying %d saves whose commit was lost: %s", len(todo), e.__cause__)

@@ -576,3 +576,43 @@ def test_pre_ping_hands_out_live_connections_after_a_restart(
         assert recorder.max_notification_id() is None
     finally:
         f.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# A connection lost around COMMIT: the outcome is learnt, never guessed
+
+
+KILL_SELF = SQL("SELECT pg_terminate_backend(pg_backend_pid())")
+
+
+class LosesConnectionOnce(PostgresApplicationRecorder):
+    """The server ends the connection once, just after (or before) a COMMIT."""
+
+    after_commit = True
+    lost = 0
+
+    def _commit_statements(self) -> list[Any]:
+        statements = super()._commit_statements()
+        if self.lost:
+            return statements
+        self.lost += 1
+        kill = (KILL_SELF, ())
+        return [*statements, kill] if self.after_commit else [kill, *statements]
+
+
+@pytest.mark.parametrize("after_commit", [True, False], ids=["committed", "not-committed"])
+@pytest.mark.parametrize("size", [1, 100], ids=["insert", "copy"])
+def test_save_whose_commit_reply_is_lost_is_recorded_once(
+    postgres_database: PostgresDatabase,
+    datastores: list[PostgresDatastore],
+    after_commit: bool,
+    size: int,
+) -> None:
+    recorder = new_recorder(postgres_database, datastores, LosesConnectionOnce)
+    recorder.after_commit = after_commit
+    events = [StoredEvent(uuid4(), 1, "t", f"{i}".encode()) for i in range(size)]
+    ids = recorder.insert_events(events)
+    assert recorder.lost == 1
+    stored = recorder.select_notifications(None, 1000)
+    assert [n.id for n in stored] == ids
+    assert [n.state for n in stored] == [e.state for e in events]
