@@ -609,6 +609,7 @@ def test_save_whose_commit_reply_is_lost_is_recorded_once(
     size: int,
 ) -> None:
     recorder = new_recorder(postgres_database, datastores, LosesConnectionOnce)
+    assert isinstance(recorder, LosesConnectionOnce)
     recorder.after_commit = after_commit
     events = [StoredEvent(uuid4(), 1, "t", f"{i}".encode()) for i in range(size)]
     ids = recorder.insert_events(events)
