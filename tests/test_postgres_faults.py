@@ -331,13 +331,15 @@ def app_env(db: PostgresDatabase, **extra: str) -> dict[str, str]:
     return {"PERSISTENCE_MODULE": "eventsourcing.postgres", **db.env, **extra}
 
 
-def saving(app: Application[UUID], stop: threading.Event) -> tuple[list[Any], threading.Thread]:
-    """Save new dogs in a thread until ``stop``; return the outcomes list and the thread."""
+def saving(
+    app: Application[UUID], stop: threading.Event, threads: int = 1
+) -> tuple[list[Any], list[threading.Thread]]:
+    """Save new dogs in threads until ``stop``; return the outcomes list and the threads."""
     outcomes: list[Any] = []
 
     def run() -> None:
         while not stop.is_set():
-            dog = Dog(f"dog{len(outcomes)}")
+            dog = Dog("dog")
             dog.add_trick("sit")
             try:
                 recordings = app.save(dog)
@@ -346,9 +348,10 @@ def saving(app: Application[UUID], stop: threading.Event) -> tuple[list[Any], th
                 outcomes.append((dog.id, e))
             time.sleep(0.002)
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    return outcomes, thread
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    return outcomes, workers
 
 
 def check_log(app: Application[UUID], outcomes: list[Any]) -> None:
@@ -366,12 +369,15 @@ def check_log(app: Application[UUID], outcomes: list[Any]) -> None:
             assert dog_id not in stored, outcome
 
 
-def test_server_restart_in_the_middle_of_saves(postgres_database: PostgresDatabase) -> None:
+@pytest.mark.parametrize("threads", [1, 4])
+def test_server_restart_in_the_middle_of_saves(
+    postgres_database: PostgresDatabase, threads: int
+) -> None:
     server = postgres_database.server
     app = Application[UUID](env=app_env(postgres_database, POSTGRES_CONNECT_TIMEOUT="15"))
     stop = threading.Event()
     try:
-        outcomes, thread = saving(app, stop)
+        outcomes, workers = saving(app, stop, threads)
         wait_for(lambda: len(outcomes) >= 20)
         before = len(outcomes)
         if server.can_restart:
@@ -380,14 +386,15 @@ def test_server_restart_in_the_middle_of_saves(postgres_database: PostgresDataba
             assert server.disconnect_clients(postgres_database.name) > 0
         wait_for(lambda: len(outcomes) > before + 20)
         stop.set()
-        thread.join()
+        for worker in workers:
+            worker.join()
         after = [o for _, o in outcomes[before + 1 :]]
         assert len(after) > 10
         # Saves that straddled the restart were retried; any that failed said why.
         for outcome in after:
             if isinstance(outcome, BaseException):
                 assert isinstance(outcome, OperationalError), outcome
-        assert isinstance(after[-1], list)  # saves succeed again, same application
+        assert isinstance(outcomes[-1][1], list)  # saves succeed again, same application
         check_log(app, outcomes)
     finally:
         stop.set()
