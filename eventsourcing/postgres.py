@@ -1150,6 +1150,8 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
                     save.error = type(e)(*e.args)  # one instance per raising thread
 
     def _commit_batch(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
+        for save in saves:  # each attempt decides afresh
+            save.ids = save.error = None
         try:
             self._commit_together(conn, saves)
         except (psycopg.IntegrityError, psycopg.DataError, _SaveRefusedError) as e:
@@ -1225,12 +1227,19 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
 
     def _commit_one_by_one(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
         """Commit the saves in one transaction, a savepoint each: a failure fails one save."""
-        _run_script(conn, self._begin_statements())
-        for save in saves:
-            self._save_with_savepoint(conn, save)
-        with _committing(conn) as commit:
-            commit()
-            _run_script(conn, self._commit_statements())
+        try:
+            _run_script(conn, self._begin_statements())
+            for save in saves:
+                self._save_with_savepoint(conn, save)
+            with _committing(conn) as commit:
+                commit()
+                _run_script(conn, self._commit_statements())
+        except _OutcomeUnknownError:
+            raise  # the saves' provisional outcomes are checked against what was stored
+        except BaseException:
+            for save in saves:  # nothing was committed: no save is decided yet
+                save.ids = save.error = None
+            raise
 
     def _save_with_savepoint(self, conn: Connection[DictRow], save: _PendingSave) -> None:
         script: list[_Statement] = [(_SAVEPOINT, NO_PARAMS)]

@@ -30,6 +30,7 @@ from eventsourcing.postgres import (
     PostgresProcessRecorder,
     PostgresSubscription,
     PostgresTrackingRecorder,
+    _PendingSave,
 )
 from eventsourcing.tests import persistence as contract
 from eventsourcing.utils import Environment, get_topic
@@ -573,4 +574,36 @@ def test_psycopg_errors_are_translated(postgres_database: PostgresDatabase) -> N
     with pytest.raises(ProgrammingError) as cm:
         recorder.create_table()
     assert not isinstance(cm.value, psycopg.Error)
+    f.close()
+
+
+def test_a_failure_midway_through_a_batch_decides_no_save_as_recorded(
+    postgres_database: PostgresDatabase,
+) -> None:
+    """Saves committed together: if the transaction fails, none is reported recorded."""
+
+    class BreaksOnOneSave(PostgresApplicationRecorder):
+        breaking: object = None
+
+        def _save_with_savepoint(self, conn: Any, save: Any) -> None:
+            if save is self.breaking:
+                conn.execute("SELECT * FROM no_such_table", ())
+            super()._save_with_savepoint(conn, save)
+
+    f = factory(postgres_database.env, "App")
+    recorder = BreaksOnOneSave(f.datastore, events_table_name="app_events")
+    recorder.create_table()
+    taken = StoredEvent(uuid4(), 1, "t", b"taken")
+    recorder.insert_events([taken])
+    saves = [
+        _PendingSave([StoredEvent(uuid4(), 1, "t", b"a")], None),
+        _PendingSave([taken], None),  # a conflict: the batch is redone a savepoint per save
+        _PendingSave([StoredEvent(uuid4(), 1, "t", b"b")], None),
+    ]
+    recorder.breaking = saves[2]
+    recorder._commit(saves)
+    for save in saves:
+        with pytest.raises(ProgrammingError):
+            save.result()
+    assert [n.state for n in recorder.select_notifications(None, 10)] == [b"taken"]
     f.close()
