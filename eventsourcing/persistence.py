@@ -1445,8 +1445,12 @@ class ListenNotifySubscription(Subscription[TApplicationRecorder_co]):
         """Arrange for ``_has_been_notified`` to be set when new events are committed."""
 
     def __exit__(self, *args: object, **kwargs: Any) -> None:
-        super().__exit__(*args, **kwargs)  # stops, unless it was never entered
-        self._pull_thread.join()
+        try:
+            super().__exit__(*args, **kwargs)  # raises if it was never entered
+        finally:
+            # Even then, no pull thread is left behind.
+            self.stop()
+            self._pull_thread.join()
 
     def stop(self) -> None:
         """End the iteration and the pull thread."""

@@ -18,6 +18,9 @@ from eventsourcing.persistence import (
     Tracking,
     TrackingRecorder,
 )
+from eventsourcing.persistence import (
+    ProgrammingError as PersistenceProgrammingError,
+)
 from eventsourcing.popo import (
     Factory,
     POPOAggregateRecorder,
@@ -294,3 +297,10 @@ def test_batch_positions_are_checked_however_the_batch_is_ordered() -> None:
         [StoredEvent(a, 2, "t", b""), StoredEvent(b, 1, "t", b""), StoredEvent(a, 1, "t", b"")]
     )
     assert [e.originator_version for e in recorder.select_events(a)] == [1, 2]
+
+
+def test_subscription_exited_without_entering_leaves_no_pull_thread() -> None:
+    subscription = POPOApplicationRecorder().subscribe()
+    with pytest.raises(PersistenceProgrammingError, match="Not already entered"):
+        subscription.__exit__(None, None, None)
+    assert not subscription._pull_thread.is_alive()
