@@ -30,7 +30,7 @@ ROOT = HERE.parent.parent
 RESULTS = HERE / "results"
 REPORT = HERE / "RESULTS.md"
 DEFAULT_ESBENCH = ROOT.parent / "shared" / "bench" / "esbench.py"
-WORKLOADS = "domain,command,bulk,read,log,raw"
+WORKLOADS = "domain,command,bulk,read,log,system,concurrent,latency,raw"
 BEGIN, END = "<!-- ANALYSIS -->", "<!-- /ANALYSIS -->"
 
 sys.path.insert(0, str(HERE.parent))
