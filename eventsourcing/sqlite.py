@@ -49,7 +49,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from functools import cache
-from threading import Event, Lock, Thread
+from threading import Event, Lock, RLock, Thread
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from uuid import UUID
 from weakref import WeakValueDictionary
@@ -374,12 +374,17 @@ class SQLiteConnectionPool(ConnectionPool[SQLiteConnection]):
 
 
 class _LockHolder:
-    """Holds a lock in a ``WeakValueDictionary`` (a plain lock cannot be weakly referenced)."""
+    """Holds a lock in a ``WeakValueDictionary`` (a plain lock cannot be weakly referenced).
+
+    The lock is reentrant because a finaliser can run in a thread that holds it: the
+    garbage collector may close a forgotten application (``Application.__del__``) whose
+    datastore shares this lock, in the middle of another datastore's write.
+    """
 
     __slots__ = ("__weakref__", "lock")
 
     def __init__(self) -> None:
-        self.lock = Lock()
+        self.lock = RLock()
 
 
 # All datastores in this process that open the same shared-cache in-memory database share

@@ -1233,3 +1233,27 @@ del ApplicationRecorderTestCase
 del TrackingRecorderTestCase
 del ProcessRecorderTestCase
 del InfrastructureFactoryTestCase
+
+
+def test_finalising_an_application_while_its_shared_lock_is_held_does_not_deadlock() -> None:
+    # The garbage collector can finalise a forgotten application in the middle of another
+    # application's write to the same shared-cache database, in the writing thread.
+    from eventsourcing.application import Application
+
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": "file:finaliser_deadlock?mode=memory&cache=shared",
+    }
+    forgotten, busy = Application(env=env), Application(env=env)
+    finished = threading.Event()
+
+    def finalise_while_writing() -> None:
+        with busy.factory.datastore.write_lock:
+            forgotten.__del__()
+        finished.set()
+
+    thread = threading.Thread(target=finalise_while_writing, daemon=True)
+    thread.start()
+    assert finished.wait(timeout=10), "closing an application deadlocked on the shared lock"
+    busy.save()  # the busy application still works
+    busy.close()
