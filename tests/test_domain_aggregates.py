@@ -6,7 +6,6 @@ Classes are defined inside the test functions, where the redefinition check does
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 import re
@@ -19,6 +18,7 @@ from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 import pytest
+from domain_helpers import field_names, replay
 
 from eventsourcing.domain import (
     ABCMeta,
@@ -39,18 +39,6 @@ from eventsourcing.domain import (
     event,
 )
 from eventsourcing.utils import get_method_name, get_topic, resolve_topic
-
-
-def field_names(cls: Any) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def replay(events: list[Any]) -> Any:
-    agg = None
-    for ev in events:
-        agg = ev.mutate(agg)
-    return agg
-
 
 # ---------------------------------------------------------------------------------------
 # Aggregate and BaseAggregate

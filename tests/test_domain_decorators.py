@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import pytest
+from domain_helpers import field_names, replay
 
 from eventsourcing.domain import (
     Aggregate,
@@ -24,17 +24,6 @@ from eventsourcing.domain import (
     triggers,
 )
 from eventsourcing.utils import get_method_name, get_topic, resolve_topic
-
-
-def field_names(cls: Any) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def replay(events: list[Any]) -> Any:
-    agg = None
-    for ev in events:
-        agg = ev.mutate(agg)
-    return agg
 
 
 def added_names(agg: Any) -> list[str]:

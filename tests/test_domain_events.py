@@ -18,6 +18,7 @@ from typing import Any, get_args, get_origin
 from uuid import UUID, uuid4
 
 import pytest
+from domain_helpers import field_names
 
 import eventsourcing.domain as domain
 from eventsourcing.domain import (
@@ -53,10 +54,6 @@ from eventsourcing.utils import get_topic
 
 def now() -> datetime:
     return datetime_now_with_tzinfo()
-
-
-def field_names(cls: Any) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
 
 
 # ---------------------------------------------------------------------------------------
