@@ -898,6 +898,8 @@ TTrackingRecorder = TypeVarWithDefault(
     "TTrackingRecorder", bound=TrackingRecorder, default=TrackingRecorder
 )
 
+_R = TypeVar("_R", bound=Recorder)
+
 _DEFAULT_PERSISTENCE_MODULE = "eventsourcing.popo"
 _DEFAULT_CIPHER_TOPIC = "eventsourcing.cipher:AESCipher"
 
@@ -1071,6 +1073,24 @@ class InfrastructureFactory(BaseInfrastructureFactory[TTrackingRecorder]):
     def is_snapshotting_enabled(self) -> bool:
         """Return the truth value of ``IS_SNAPSHOTTING_ENABLED`` (default no)."""
         return strtobool(self.env.get(self.IS_SNAPSHOTTING_ENABLED, "no"))
+
+    def _recorder_class(
+        self, key: str, base: type[_R], default: type[_R], given: type[_R] | None = None
+    ) -> type[_R]:
+        """Return ``given``, else the class the topic in ``key`` names, else ``default``.
+
+        Whichever it is must subclass ``base``: recorders of another back end, or of
+        another kind, would fail later and less clearly.
+        """
+        topic = None if given is not None else self.env.get(key)
+        cls = given if given is not None else resolve_topic(topic) if topic else default
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            source = "the argument" if given is not None else f"environment variable {key!r}"
+            raise InfrastructureFactoryError(
+                f"{cls!r} (from {source}) is not a subclass of {base.__qualname__}: "
+                f"give a subclass of {base.__qualname__}"
+            )
+        return cls
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ from eventsourcing.persistence import (
     Tracking,
     TrackingRecorder,
 )
-from eventsourcing.utils import resolve_topic
 
 __all__ = [
     "Factory",
@@ -394,19 +393,13 @@ class POPOFactory(InfrastructureFactory[POPOTrackingRecorder]):
     ) -> POPOTrackingRecorder:
         """Return a new tracking recorder: the given class, ``TRACKING_RECORDER_TOPIC``'s, or
         :class:`POPOTrackingRecorder`."""
-        if tracking_recorder_class is None:
-            topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
-            tracking_recorder_class = resolve_topic(topic) if topic else POPOTrackingRecorder
-        if not (
-            isinstance(tracking_recorder_class, type)
-            and issubclass(tracking_recorder_class, POPOTrackingRecorder)
-        ):
-            raise TypeError(
-                f"Tracking recorder class {tracking_recorder_class!r} (from argument or "
-                f"environment variable '{self.TRACKING_RECORDER_TOPIC}') is not a subclass "
-                f"of {POPOTrackingRecorder}"
-            )
-        return tracking_recorder_class()
+        cls = self._recorder_class(
+            self.TRACKING_RECORDER_TOPIC,
+            POPOTrackingRecorder,
+            POPOTrackingRecorder,
+            given=tracking_recorder_class,
+        )
+        return cls()
 
     def process_recorder(self) -> ProcessRecorder:
         """Return a new process recorder."""

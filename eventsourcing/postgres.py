@@ -92,7 +92,6 @@ from eventsourcing.persistence import (
     DatabaseError,
     DataError,
     InfrastructureFactory,
-    InfrastructureFactoryError,
     IntegrityError,
     InterfaceError,
     InternalError,
@@ -1882,8 +1881,8 @@ class PostgresFactory(
         """Return a recorder of ``<app>_events`` (class from APPLICATION_RECORDER_TOPIC)."""
         cls = self._recorder_class(
             self.APPLICATION_RECORDER_TOPIC,
-            type(self).application_recorder_class,
             PostgresApplicationRecorder,
+            type(self).application_recorder_class,
         )
         recorder = cls(datastore=self.datastore, events_table_name=self._events_table())
         return self._created(recorder)
@@ -1892,12 +1891,12 @@ class PostgresFactory(
         self, tracking_recorder_class: type[TPostgresTrackingRecorder] | None = None
     ) -> TPostgresTrackingRecorder:
         """Return a recorder of ``<app>_tracking`` (class from the argument or the topic)."""
-        cls = tracking_recorder_class or self._recorder_class(
+        cls = self._recorder_class(
             self.TRACKING_RECORDER_TOPIC,
+            cast("type[TPostgresTrackingRecorder]", PostgresTrackingRecorder),
             cast("type[TPostgresTrackingRecorder]", type(self).tracking_recorder_class),
-            PostgresTrackingRecorder,
+            given=tracking_recorder_class,
         )
-        _check_subclass(cls, PostgresTrackingRecorder, "tracking_recorder_class")
         recorder = cls(datastore=self.datastore, tracking_table_name=self._tracking_table())
         return self._created(recorder)
 
@@ -1905,8 +1904,8 @@ class PostgresFactory(
         """Return a recorder of ``<app>_events`` and ``<app>_tracking`` together."""
         cls = self._recorder_class(
             self.PROCESS_RECORDER_TOPIC,
-            type(self).process_recorder_class,
             PostgresProcessRecorder,
+            type(self).process_recorder_class,
         )
         recorder = cls(
             datastore=self.datastore,
@@ -1921,25 +1920,10 @@ class PostgresFactory(
     def _tracking_table(self) -> str:
         return f"{self._prefix('notification')}_tracking"
 
-    def _recorder_class(self, key: str, default: type[_T], base: type) -> type[_T]:
-        topic = self.env.get(key)
-        if not topic:
-            return default
-        cls: type[_T] = resolve_topic(topic)
-        _check_subclass(cls, base, key)
-        return cls
-
     def _created(self, recorder: _TRecorder) -> _TRecorder:
         if self.env_create_table():
             recorder.create_table()
         return recorder
-
-
-def _check_subclass(cls: Any, base: type, source: str) -> None:
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise InfrastructureFactoryError(
-            f"{source} names {cls!r}, which is not a subclass of {base.__name__}"
-        )
 
 
 Factory = PostgresFactory

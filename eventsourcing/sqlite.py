@@ -64,7 +64,6 @@ from eventsourcing.persistence import (
     DatabaseError,
     DataError,
     InfrastructureFactory,
-    InfrastructureFactoryError,
     IntegrityError,
     InterfaceError,
     InternalError,
@@ -80,7 +79,7 @@ from eventsourcing.persistence import (
     Tracking,
     TrackingRecorder,
 )
-from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
+from eventsourcing.utils import Environment, EnvType, strtobool
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -1288,12 +1287,12 @@ class SQLiteFactory(InfrastructureFactory[SQLiteTrackingRecorder]):
         self, tracking_recorder_class: type[SQLiteTrackingRecorder] | None = None
     ) -> SQLiteTrackingRecorder:
         """Return a tracking recorder: of the given class, else ``TRACKING_RECORDER_TOPIC``."""
-        cls = tracking_recorder_class or self._recorder_class(
-            self.TRACKING_RECORDER_TOPIC, SQLiteTrackingRecorder, self.tracking_recorder_class
+        cls = self._recorder_class(
+            self.TRACKING_RECORDER_TOPIC,
+            SQLiteTrackingRecorder,
+            self.tracking_recorder_class,
+            given=tracking_recorder_class,
         )
-        if not (isinstance(cls, type) and issubclass(cls, SQLiteTrackingRecorder)):
-            msg = f"Tracking recorder class {cls!r} is not a subclass of SQLiteTrackingRecorder"
-            raise InfrastructureFactoryError(msg)
         return self._maybe_create_table(cls(datastore=self.datastore))
 
     def process_recorder(self) -> SQLiteProcessRecorder:
@@ -1317,19 +1316,6 @@ class SQLiteFactory(InfrastructureFactory[SQLiteTrackingRecorder]):
         if self.env_create_table():
             recorder.create_table()
         return recorder
-
-    def _recorder_class(self, key: str, base: type[_R], default: type[_R]) -> type[_R]:
-        topic = self.env.get(key)
-        if not topic:
-            return default
-        cls = resolve_topic(topic)
-        if not (isinstance(cls, type) and issubclass(cls, base)):
-            msg = (
-                f"Environment variable {key!r} names {cls!r} (topic {topic!r}), which is not "
-                f"a subclass of {base.__qualname__}; give the topic of such a subclass"
-            )
-            raise InfrastructureFactoryError(msg)
-        return cls
 
     def _db_name(self) -> str:
         db_name = self.env.get(self.SQLITE_DBNAME)

@@ -12,6 +12,7 @@ from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
     InfrastructureFactory,
+    InfrastructureFactoryError,
     IntegrityError,
     ProcessRecorder,
     StoredEvent,
@@ -177,12 +178,13 @@ def test_process_recorder_with_tracking_only_returns_no_ids() -> None:
 
 def test_tracking_recorder_class_must_be_a_popo_tracking_recorder() -> None:
     factory = POPOFactory(Environment())
-    with pytest.raises(TypeError) as exc_info:
+    with pytest.raises(InfrastructureFactoryError) as exc_info:
         factory.tracking_recorder(POPOAggregateRecorder)  # type: ignore[arg-type]
-    assert "TRACKING_RECORDER_TOPIC" in str(exc_info.value)
+    assert "(from the argument) is not a subclass of POPOTrackingRecorder" in str(exc_info.value)
     factory.env["TRACKING_RECORDER_TOPIC"] = get_topic(POPOApplicationRecorder)
-    with pytest.raises(TypeError):
+    with pytest.raises(InfrastructureFactoryError) as exc_info:
         factory.tracking_recorder()
+    assert "environment variable 'TRACKING_RECORDER_TOPIC'" in str(exc_info.value)
 
 
 def test_factory_ignores_application_and_process_recorder_topics() -> None:
