@@ -673,25 +673,52 @@ class PostgresRecorder:
         return SQL("{}.{}").format(self._schema, quoted(name))
 
     def create_table(self) -> None:
-        """Create the schema (if missing), then this recorder's types, tables and indexes."""
+        """Create the schema (if missing), then this recorder's types, tables and indexes.
+
+        Processes that start together over an empty database take turns: the tables are
+        created holding an advisory lock, because two ``CREATE TABLE IF NOT EXISTS`` of one
+        table at once can collide in PostgreSQL's catalogue.
+        """
         self.datastore.run(self._create_schema)
         for statement in self.sql_create_statements:
             if _is_create_type(statement):
                 self.datastore.run(partial(_create_type, statement=statement))
-        with self.datastore.transaction(commit=True) as curs:
-            self._create_table(curs)
+        try:
+            with self.datastore.transaction(commit=True) as curs:
+                curs.execute(_DDL_LOCK_STATEMENT, NO_PARAMS, prepare=False)
+                self._create_table(curs)
+        except PersistenceError as e:
+            raise self._create_table_error(e) from e.__cause__
+
+    def _create_table_error(self, error: PersistenceError) -> PersistenceError:
+        """The error of a failed table creation, without hints meant for saves."""
+        cause = error.__cause__
+        message = str(cause).strip() if isinstance(cause, psycopg.Error) else str(error)
+        return type(error)(
+            f"Failed to create the tables of {type(self).__name__} in {self.datastore.describe()}: "
+            f"{message}"
+        )
 
     def _create_schema(self, conn: Connection[DictRow]) -> None:
         found = conn.execute(
             "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.datastore.schema,)
         ).fetchone()
         if found is None:
-            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._schema), NO_PARAMS)
+            # Another process may create it at this moment: that is as good.
+            exists = (psycopg.errors.DuplicateSchema, psycopg.errors.UniqueViolation)
+            with contextlib.suppress(*exists):
+                conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._schema), NO_PARAMS)
 
     def _create_table(self, curs: Cursor[DictRow]) -> None:
         for statement in self.sql_create_statements:
             if not _is_create_type(statement):
                 curs.execute(statement, NO_PARAMS, prepare=False)
+
+
+# Serialises the table creation of every process on one database (a fixed key: the
+# bytes of "es_ddl!" as a number), see PostgresRecorder.create_table.
+_DDL_LOCK_KEY = int.from_bytes(b"es_ddl!", "big")
+_DDL_LOCK_STATEMENT = SQL(f"SELECT pg_advisory_xact_lock({_DDL_LOCK_KEY})")
 
 
 def _is_create_type(statement: Composable) -> bool:

@@ -177,6 +177,9 @@ class Follower(EventSourcedProjection[TAggregateID]):
     ``process_batch_size`` notifications (environment variable ``PROCESS_BATCH_SIZE``), each
     batch recorded in one transaction with one tracking record.
 
+    A follower whose recorder extends ``_insert_events`` (to write rows of its own from the
+    keyword arguments a policy collects) processes one notification per transaction.
+
     Within a batch the policy's ``repository.get()`` sees what the policy did earlier in
     the batch; other reads (the follower's own notification log, a query on its recorder)
     see only what is recorded, that is, not the rest of the batch. Set the batch size to 1
@@ -202,6 +205,11 @@ class Follower(EventSourcedProjection[TAggregateID]):
         self.mappers: dict[str, Mapper[TAggregateID]] = {}
         self.is_threading_enabled = False
         self.process_batch_size = self._env_batch_size()
+        if getattr(self.recorder, "_has_insert_hook", False):
+            # A recorder that extends _insert_events reads the keyword arguments a policy
+            # collects with its events, which are per notification (as in 9.x): batching
+            # would merge them, so each notification gets a transaction of its own.
+            self.process_batch_size = 1
         # A subclass that overrides process_event() gets it called for each event.
         self.processes_each_event = type(self).process_event is not Follower.process_event
 
@@ -574,7 +582,11 @@ class _LeaderFeed(Generic[TAggregateID]):
             self.stage = PULL
             notifications, exhausted = self._pull(stop, batch_size)
             for i in range(0, len(notifications), batch_size):
-                self._process_notifications(notifications[i : i + batch_size])
+                if not self._process_notifications(notifications[i : i + batch_size]):
+                    # Refused: another process recorded a position, perhaps inside this
+                    # batch. What it didn't process must be read again from there.
+                    exhausted = False
+                    break
             if exhausted or should_stop():
                 return
 
@@ -596,12 +608,13 @@ class _LeaderFeed(Generic[TAggregateID]):
                 return pulled, False
         return pulled, True
 
-    def _process_notifications(self, notifications: Sequence[Notification]) -> None:
+    def _process_notifications(self, notifications: Sequence[Notification]) -> bool:
+        """Process and record a batch; say whether it was recorded (not refused)."""
         follower = self.follower
         self.stage = CONVERT
         selected = follower.filter_received_notifications(notifications)
         jobs = follower.convert_notifications(self.leader_name, selected)
-        self._record(jobs, notifications[-1].id)
+        return self._record(jobs, notifications[-1].id)
 
     def _process_recording_events(
         self,
@@ -646,12 +659,18 @@ class _LeaderFeed(Generic[TAggregateID]):
     def _flush(self, jobs: list[ProcessingJob[TAggregateID]], horizon: int) -> int:
         """Record the jobs taken so far, up to ``horizon``; return the new position."""
         if horizon > (self.position or 0):
-            self._record(list(jobs), horizon)
+            if not self._record(list(jobs), horizon):
+                # Refused: what another process left undone is read from the log.
+                self.request_catch_up()
             jobs.clear()
         return self.position or 0
 
-    def _record(self, jobs: list[ProcessingJob[TAggregateID]], last_id: int) -> None:
-        """Process ``jobs`` and record them with the position ``last_id``, atomically."""
+    def _record(self, jobs: list[ProcessingJob[TAggregateID]], last_id: int) -> bool:
+        """Process ``jobs`` and record them with the position ``last_id``, atomically.
+
+        Return False if the batch was refused because another process had recorded a
+        later position meanwhile (which is then the feed's position).
+        """
         follower = self.follower
         self.stage = PROCESS
         try:
@@ -664,10 +683,11 @@ class _LeaderFeed(Generic[TAggregateID]):
         except IntegrityError:
             if not self._resynchronise():
                 raise
-            return
+            return False
         # With no jobs (all of other topics), moving on needs no write: the
         # notifications would be passed over again.
         self.position = last_id
+        return True
 
     def _resynchronise(self) -> bool:
         """After a refused batch, adopt a position recorded by someone else, if any."""
