@@ -3,14 +3,30 @@ public names that test suites import, and behaviours that differed."""
 
 from __future__ import annotations
 
-from uuid import uuid4
+import threading
+import time
+from collections.abc import Callable
+from queue import Queue
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
 from conftest import PostgresDatabase
+from system_model import Counters, DogSchool
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import Notification, StoredEvent
 from eventsourcing.postgres import PostgresFactory
+from eventsourcing.projection import ProcessingJob
+from eventsourcing.system import (
+    ConvertingJob,
+    ConvertingThread,
+    NotificationConvertingError,
+    ProcessingThread,
+    PullingThread,
+    RecordingEvent,
+    RecordingEventReceiver,
+    System,
+)
 from eventsourcing.utils import Environment
 
 # ---------------------------------------------------------------------------------------------
@@ -89,3 +105,91 @@ def test_pg_close_all_connections_terminates_other_sessions(
         victim.close()
         f.close()
 
+
+
+# ---------------------------------------------------------------------------------------------
+# eventsourcing.system.PullingThread and ConvertingThread
+
+
+class Prompts(RecordingEventReceiver[UUID]):
+    """Keeps the prompts a leader sends, to deliver them later in any order."""
+
+    def __init__(self) -> None:
+        self.received: list[RecordingEvent[UUID]] = []
+
+    def receive_recording_event(self, new_recording_event: RecordingEvent[UUID]) -> None:
+        self.received.append(new_recording_event)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_pipeline_threads_process_a_leader_exactly_once() -> None:
+    school = System([[DogSchool, Counters]]).leader_cls("DogSchool")()
+    counters = Counters()
+    counters.follow(school.name, school.notification_log)
+    fido = school.register("Fido")  # before the threads: read from the log
+    has_errored = threading.Event()
+    converting_queue: Queue[ConvertingJob[UUID]] = Queue()
+    processing_queue: Queue[list[ProcessingJob[UUID]] | None] = Queue()
+    threads = [
+        ProcessingThread[UUID](processing_queue, counters, has_errored),
+        ConvertingThread[UUID](
+            converting_queue, processing_queue, counters, school.name, has_errored
+        ),
+        PullingThread[UUID](converting_queue, counters, school.name, has_errored),
+    ]
+    pulling = threads[-1]
+    assert isinstance(pulling, PullingThread)
+    for thread in threads:
+        thread.start()
+        assert thread.has_started.wait(5)
+    prompts = Prompts()
+    school.lead(prompts)
+    try:
+        school.add_trick(fido, "sit")
+        school.add_trick(fido, "roll")
+        school.rename(fido, "Rex")  # not of the policy's interest, tracked all the same
+        school.add_trick(fido, "fetch")
+        # Deliver the later prompts first: ids decide, nothing is lost or done twice.
+        for recording_event in [*reversed(prompts.received), *prompts.received]:
+            pulling.receive_recording_event(recording_event)
+        last_id = school.recorder.max_notification_id()
+        wait_for(lambda: counters.recorder.max_tracking_id(school.name) == last_id)
+        assert counters.count(fido) == 3
+        assert not has_errored.is_set()
+    finally:
+        for thread in threads:
+            thread.stop()
+        for thread in threads:
+            thread.join(5)
+        school.close()
+        counters.close()
+
+
+def test_pipeline_threads_report_errors_by_stage() -> None:
+    school = System([[DogSchool, Counters]]).leader_cls("DogSchool")()
+    counters = Counters()
+    counters.follow(school.name, school.notification_log)
+    has_errored = threading.Event()
+    converting_queue: Queue[ConvertingJob[UUID]] = Queue()
+    processing_queue: Queue[list[ProcessingJob[UUID]] | None] = Queue()
+    converting = ConvertingThread[UUID](
+        converting_queue, processing_queue, counters, school.name, has_errored
+    )
+    converting.start()
+    undecodable = Notification(
+        id=1, originator_id=uuid4(), originator_version=1, topic="nowhere:Nothing", state=b"{}"
+    )
+    converting_queue.put([undecodable])
+    assert has_errored.wait(5)
+    converting.join(5)
+    assert isinstance(converting.error, NotificationConvertingError)
+    assert "nowhere" in str(converting.error)
+    assert converting.error.__cause__ is not None
+    school.close()
+    counters.close()
