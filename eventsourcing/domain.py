@@ -365,13 +365,42 @@ class HasOriginatorIDVersion(AbstractDecision, Generic[TAggregateID]):
         if "originator_id_type" in cls.__dict__:  # declared in the class body
             return
         for base in cls.__dict__.get("__orig_bases__", ()):
-            origin = get_origin(base)
-            if isinstance(origin, type) and issubclass(origin, HasOriginatorIDVersion):
-                for arg in get_args(base):
-                    if arg is UUID or arg is str:
-                        cls.originator_id_type = arg
-                    elif not isinstance(arg, TypeVar) and arg is not Any:
-                        raise TypeError(f"Aggregate ID type arg cannot be {arg}")
+            arg = _id_type_argument(base)
+            if arg is UUID or arg is str:
+                cls.originator_id_type = arg
+            elif arg is not None and not isinstance(arg, TypeVar) and arg is not Any:
+                raise TypeError(f"Aggregate ID type arg cannot be {arg}")
+
+
+def _id_type_argument(base: Any) -> Any:
+    """Return what the generic base ``base`` gives as the originator id type, or None.
+
+    Only the argument for the id type's parameter counts: a generic event class may have
+    type parameters of its own, as in ``Something[Payload]`` (9.x's issue #295).
+    """
+    origin = get_origin(base)
+    if not (isinstance(origin, type) and issubclass(origin, HasOriginatorIDVersion)):
+        return None
+    param = _id_type_parameter(origin)
+    if param is None:
+        return None
+    params: tuple[Any, ...] = getattr(origin, "__parameters__", ())
+    return get_args(base)[params.index(param)]
+
+
+def _id_type_parameter(cls: type) -> TypeVar | None:
+    """Return the type parameter of generic ``cls`` that is its originator id type.
+
+    None when ``cls`` has no such parameter (its id type, if any, is fixed by a base).
+    """
+    if cls is HasOriginatorIDVersion:
+        param: TypeVar = getattr(cls, "__parameters__")[0]  # noqa: B009 (mypy doesn't know it)
+        return param
+    for base in cls.__dict__.get("__orig_bases__", ()):
+        arg = _id_type_argument(base)
+        if arg is not None:
+            return arg if isinstance(arg, TypeVar) else None
+    return None
 
 
 class CanMutateAggregate(HasOriginatorIDVersion[TAggregateID], CanCreateTimestamp):

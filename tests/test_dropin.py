@@ -6,7 +6,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from queue import Queue
+from typing import Generic, TypeVar
 from uuid import UUID, uuid4
 
 import psycopg
@@ -14,6 +16,7 @@ import pytest
 from conftest import PostgresDatabase
 from system_model import Counters, DogSchool
 
+from eventsourcing.domain import Aggregate, CanMutateAggregate
 from eventsourcing.persistence import Notification, StoredEvent
 from eventsourcing.postgres import PostgresFactory
 from eventsourcing.projection import ProcessingJob
@@ -193,3 +196,73 @@ def test_pipeline_threads_report_errors_by_stage() -> None:
     assert converting.error.__cause__ is not None
     school.close()
     counters.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic event classes (9.x's issue #295)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A value that generic events carry."""
+
+    system_id: str
+
+
+@dataclass(frozen=True)
+class ExtendedShared(Shared):
+    """A more specific value."""
+
+    task_id: str
+
+
+TShared = TypeVar("TShared", bound=Shared)
+TID = TypeVar("TID", UUID, str)
+
+
+def test_generic_event_classes_keep_their_own_type_arguments() -> None:
+    class A(Aggregate):
+        pass
+
+    class B(A):
+        class Something(A.Event, Generic[TShared]):
+            shared: TShared
+
+        class Else(Something[ExtendedShared]):
+            pass
+
+        class Scheduled(Else):
+            pass
+
+        class Created(A.Created, Something[ExtendedShared]):
+            pass
+
+        def schedule(self, shared: ExtendedShared) -> None:
+            self.trigger_event(self.Scheduled, shared=shared)
+
+    # The redefined nested classes keep the hierarchy, and the id type stays UUID.
+    assert issubclass(B.Scheduled, B.Else) and issubclass(B.Else, B.Something)
+    assert issubclass(B.Created, B.Something)
+    assert B.Scheduled.originator_id_type is UUID
+    b = B._create(B.Created, shared=ExtendedShared("s1", "t1"))
+    b.schedule(ExtendedShared("s1", "t2"))
+    events = b.collect_events()
+    assert [type(e) for e in events] == [B.Created, B.Scheduled]
+    assert events[1].shared == ExtendedShared("s1", "t2")
+    copy = None
+    for e in events:
+        copy = e.mutate(copy)
+    assert isinstance(copy, B) and copy.version == 2
+
+def test_only_the_id_type_parameter_gives_the_id_type() -> None:
+    class Keyed(CanMutateAggregate[TID], Generic[TShared, TID]):
+        pass
+
+    class ByName(Keyed[ExtendedShared, str]):
+        pass
+
+    assert ByName.originator_id_type is str
+    with pytest.raises(TypeError, match="Aggregate ID type arg cannot be <class 'int'>"):
+
+        class _ByNumber(Keyed[ExtendedShared, int]):  # type: ignore[type-var]
+            pass
