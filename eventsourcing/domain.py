@@ -1233,8 +1233,11 @@ def _define_aggregate_class(cls: Any, created_event_name: str) -> None:
 
 
 def _check_not_redefined(cls: type) -> None:
-    """Refuse a class whose name its module already uses (classes in functions excepted)."""
-    if ENVVAR_DISABLE_REDEFINITION_CHECK in os.environ or "<locals>" in cls.__qualname__:
+    """Refuse a class whose name its module already uses, as 9.x does.
+
+    Classes defined in functions are checked too: their name is looked up in the module.
+    """
+    if ENVVAR_DISABLE_REDEFINITION_CHECK in os.environ:
         return
     module_globals = vars(sys.modules[cls.__module__]) if cls.__module__ in sys.modules else {}
     if cls.__name__ in module_globals:
