@@ -3,10 +3,14 @@ public names that test suites import, and behaviours that differed."""
 
 from __future__ import annotations
 
+import gc
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from queue import Queue
 from typing import Generic, TypeVar
 from uuid import UUID, uuid4
@@ -20,6 +24,7 @@ from eventsourcing.domain import Aggregate, CanMutateAggregate
 from eventsourcing.persistence import Notification, StoredEvent
 from eventsourcing.postgres import PostgresFactory
 from eventsourcing.projection import ProcessingJob
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 from eventsourcing.system import (
     ConvertingJob,
     ConvertingThread,
@@ -30,6 +35,7 @@ from eventsourcing.system import (
     RecordingEventReceiver,
     System,
 )
+from eventsourcing.tests.persistence import tmpfile_uris
 from eventsourcing.utils import Environment
 
 # ---------------------------------------------------------------------------------------------
@@ -266,3 +272,36 @@ def test_only_the_id_type_parameter_gives_the_id_type() -> None:
 
         class _ByNumber(Keyed[ExtendedShared, int]):  # type: ignore[type-var]
             pass
+
+
+# ---------------------------------------------------------------------------------------------
+# eventsourcing.tests.persistence.tmpfile_uris
+
+
+def test_tmpfile_uris_outlive_their_generator() -> None:
+    uri = next(tmpfile_uris())  # the generator is gone at once
+    gc.collect()
+    assert uri != next(tmpfile_uris())
+    recorder = SQLiteApplicationRecorder(SQLiteDatastore(uri))
+    recorder.create_table()
+    assert recorder.insert_events([StoredEvent(uuid4(), 1, "t", b"x")]) == [1]
+    again = SQLiteApplicationRecorder(SQLiteDatastore(uri))
+    assert [n.id for n in again.select_notifications(None, 10)] == [1]
+    recorder.datastore.close()
+    again.datastore.close()
+
+
+def test_tmpfile_uris_are_removed_when_the_process_exits() -> None:
+    script = (
+        "from eventsourcing.tests.persistence import tmpfile_uris\n"
+        "from eventsourcing.sqlite import SQLiteDatastore, SQLiteApplicationRecorder\n"
+        "uri = next(tmpfile_uris())\n"
+        "SQLiteApplicationRecorder(SQLiteDatastore(uri)).create_table()\n"
+        "print(uri)\n"
+    )
+    uri = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    path = Path(uri.removeprefix("file:"))
+    assert path.name.endswith("_eventsourcing_test.db")
+    assert not path.parent.exists()
