@@ -364,20 +364,21 @@ class PostgresDatastore:
         self._closed = False
         self._open_lock = threading.Lock()
         self._is_open = False
-        self.pool: ConnectionPool[Connection[DictRow]] = ConnectionPool(
-            get_password_func=get_password_func,
-            connection_class=Connection[DictRow],
-            kwargs=self._connect_kwargs(password),
-            min_size=pool_size,
-            max_size=pool_size + max_overflow,
-            open=False,
-            timeout=connect_timeout,
-            max_waiting=max_waiting,
-            max_lifetime=conn_max_age,
+        self._pool_kwargs: dict[str, Any] = {
+            "get_password_func": get_password_func,
+            "connection_class": Connection[DictRow],
+            "kwargs": self._connect_kwargs(password),
+            "min_size": pool_size,
+            "max_size": pool_size + max_overflow,
+            "open": False,
+            "timeout": connect_timeout,
+            "max_waiting": max_waiting,
+            "max_lifetime": conn_max_age,
             # Not psycopg_pool's check: it waits 1, 2, 4... s between dead connections,
             # so a pool of dead ones (after a restart) times out. See _checkout().
-            check=None,
-        )
+            "check": None,
+        }
+        self.pool: ConnectionPool[Connection[DictRow]] = ConnectionPool(**self._pool_kwargs)
 
     def _connect_kwargs(self, password: str) -> dict[str, Any]:
         timeout_ms = int(self.idle_in_transaction_session_timeout * 1000)
@@ -463,8 +464,29 @@ class PostgresDatastore:
                 )
             if not self._is_open:
                 wait = self.pool_open_timeout is not None
-                self.pool.open(wait, self.pool_open_timeout or 30.0)
+                try:
+                    self.pool.open(wait, self.pool_open_timeout or 30.0)
+                except psycopg.Error as e:
+                    raise self._open_failed(e) from e
                 self._is_open = True
+
+    def _open_failed(self, error: psycopg.Error) -> OperationalError:
+        """Explain why the pool didn't open in ``pool_open_timeout``; make a fresh pool.
+
+        psycopg_pool closes a pool that times out opening, and a closed pool can't be
+        opened again: the next use of the datastore tries again with a new one.
+        """
+        self.pool = ConnectionPool(**self._pool_kwargs)
+        try:
+            self.connect().close()
+        except _CantConnectError as e:
+            reason = str(e)
+        else:
+            reason = f"{self.describe()} accepted a connection only now ({error})"
+        return OperationalError(
+            f"The connection pool didn't open within pool_open_timeout="
+            f"{self.pool_open_timeout:g}s: {reason}"
+        )
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
@@ -490,6 +512,14 @@ class PostgresDatastore:
         return translate_error(error)
 
     def _pool_timeout_error(self) -> OperationalError:
+        # First see whether the server accepts connections at all (the pool counts the
+        # connections it is trying to make as its own): if not, say why.
+        try:
+            self.connect().close()
+        except _CantConnectError as e:
+            if e.permanent:
+                return OperationalError(str(e))  # e.g. a wrong password: retrying won't help
+            return _ServerUnreachableError(str(e))
         stats = self.pool.get_stats()
         if stats.get("pool_size", 0) >= self.pool.max_size and not stats.get("pool_available"):
             return ConnectionUnavailableError(
@@ -497,13 +527,6 @@ class PostgresDatastore:
                 f"{self.describe()}: all {self.pool.max_size} connections are in use "
                 "(raise POSTGRES_POOL_SIZE or POSTGRES_MAX_OVERFLOW, or POSTGRES_CONNECT_TIMEOUT)"
             )
-        # The pool could grow but didn't: the server isn't accepting connections. Say why.
-        try:
-            self.connect().close()
-        except _CantConnectError as e:
-            if e.permanent:
-                return OperationalError(str(e))  # e.g. a wrong password: retrying won't help
-            return _ServerUnreachableError(str(e))
         return ConnectionUnavailableError(
             f"Timed out after {self.pool.timeout}s waiting for a connection to "
             f"{self.describe()} (raise POSTGRES_CONNECT_TIMEOUT if the server is slow to accept)"
@@ -1464,11 +1487,17 @@ class PostgresSubscription(ListenNotifySubscription[PostgresApplicationRecorder]
                     self._reconnect()
         except BaseException as e:
             if self._thread_error is None:
-                self._thread_error = e
+                self._thread_error = self._library_error(e)
             self.stop()
         finally:
             if self._listen_conn is not None:
                 self._listen_conn.close()
+
+    def _library_error(self, error: BaseException) -> BaseException:
+        """Return ``error``, as the library's error if it is psycopg's (the user sees it)."""
+        if isinstance(error, psycopg.Error):
+            return self._recorder.datastore.translate(error)
+        return error
 
     def _wait_for_notifies(self) -> None:
         assert self._listen_conn is not None

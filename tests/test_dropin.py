@@ -12,17 +12,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
 import psycopg
 import pytest
 from conftest import PostgresDatabase
+from servers import free_port
 from system_model import Counters, DogSchool
 
 from eventsourcing.domain import Aggregate, CanMutateAggregate
-from eventsourcing.persistence import Notification, StoredEvent
-from eventsourcing.postgres import PostgresFactory
+from eventsourcing.persistence import (
+    IntegrityError,
+    Notification,
+    OperationalError,
+    ProgrammingError,
+    StoredEvent,
+)
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.projection import ProcessingJob
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 from eventsourcing.system import (
@@ -305,3 +312,88 @@ def test_tmpfile_uris_are_removed_when_the_process_exits() -> None:
     path = Path(uri.removeprefix("file:"))
     assert path.name.endswith("_eventsourcing_test.db")
     assert not path.parent.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL: no psycopg or psycopg_pool error escapes untranslated
+
+
+def unreachable_datastore(**kwargs: Any) -> PostgresDatastore:
+    """A datastore for a port that nothing listens on."""
+    return PostgresDatastore(
+        "nowhere", "127.0.0.1", free_port(), "user", "password", connect_timeout=1, **kwargs
+    )
+
+
+DATASTORE_USES: dict[str, Callable[[PostgresDatastore], object]] = {
+    "enter": lambda d: d.__enter__(),
+    "get_connection": lambda d: d.get_connection().__enter__(),
+    "transaction": lambda d: d.transaction(commit=True).__enter__(),
+    "cursor": lambda d: d.cursor().__enter__(),
+    "recorder": lambda d: PostgresApplicationRecorder(d).create_table(),
+}
+
+
+@pytest.mark.parametrize(
+    ("use", "pool_open_timeout"),
+    # Entering a datastore waits for the pool only with a pool_open_timeout.
+    [(use, 0.5) for use in sorted(DATASTORE_USES)]
+    + [(use, None) for use in sorted(DATASTORE_USES) if use != "enter"],
+)
+def test_unreachable_server_raises_operational_error(
+    use: str, pool_open_timeout: float | None
+) -> None:
+    datastore = unreachable_datastore(pool_open_timeout=pool_open_timeout)
+    try:
+        with pytest.raises(OperationalError) as cm:
+            DATASTORE_USES[use](datastore)
+        assert not isinstance(cm.value, psycopg.Error)
+        assert "Can't connect to PostgreSQL at 127.0.0.1" in str(cm.value)
+        if pool_open_timeout:
+            assert "pool_open_timeout=0.5s" in str(cm.value)
+    finally:
+        datastore.close()
+
+
+def test_pool_opens_on_a_later_use_once_the_server_is_back(
+    postgres_database: PostgresDatabase,
+) -> None:
+    server = postgres_database.server
+    if not server.can_restart:
+        pytest.skip(f"can't stop a server from {server.source} (tested where servers are ours)")
+    env = postgres_database.env
+    datastore = PostgresDatastore(
+        env["POSTGRES_DBNAME"],
+        env["POSTGRES_HOST"],
+        env["POSTGRES_PORT"],
+        env["POSTGRES_USER"],
+        env["POSTGRES_PASSWORD"],
+        connect_timeout=1,
+        pool_open_timeout=1,
+    )
+    try:
+        server.halt()
+        try:
+            with pytest.raises(OperationalError, match="pool_open_timeout=1s"):
+                datastore.transaction().__enter__()
+        finally:
+            server.resume()
+        with datastore.transaction() as curs:
+            assert curs.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+    finally:
+        datastore.close()
+
+
+def test_psycopg_errors_inside_get_connection_are_translated(
+    postgres_database: PostgresDatabase,
+) -> None:
+    datastore = postgres_factory(postgres_database.env).datastore
+    try:
+        with pytest.raises(ProgrammingError) as cm, datastore.get_connection() as conn:
+            conn.execute("SELECT * FROM no_such_table")
+        assert isinstance(cm.value.__cause__, psycopg.errors.UndefinedTable)
+        with pytest.raises(IntegrityError), datastore.transaction(commit=True) as curs:
+            curs.execute("CREATE TEMP TABLE t (x int PRIMARY KEY)")
+            curs.execute("INSERT INTO t VALUES (1), (1)")
+    finally:
+        datastore.close()
