@@ -419,13 +419,20 @@ class PostgresDatastore:
 
     @contextmanager
     def get_connection(self) -> Iterator[Connection[DictRow]]:
-        """Lend a pooled connection; psycopg errors become the library's errors."""
+        """Lend a pooled connection; psycopg errors become the library's errors.
+
+        A transaction the caller began (``BEGIN``) and left open is committed when the
+        block ends without an error, and rolled back otherwise, as with 9.x; a commit
+        that fails (say, after ``idle_in_transaction_session_timeout``) raises.
+        """
         conn = self._checkout(_Backoff(self.connect_timeout))
         try:
             with self._translated():
                 yield conn
+                if conn.info.transaction_status in _OPEN_TRANSACTION:
+                    conn.commit()
         finally:
-            self.pool.putconn(conn)
+            self.pool.putconn(conn)  # the pool rolls back what is still open
 
     def _checkout(self, backoff: _Backoff) -> Connection[DictRow]:
         """Take a connection from the pool, waiting while the server can't be reached.
@@ -611,6 +618,9 @@ class PostgresDatastore:
     def __del__(self) -> None:
         if hasattr(self, "_open_lock"):
             self.close()
+
+
+_OPEN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 
 
 def _is_alive(conn: Connection[Any]) -> bool:

@@ -24,6 +24,7 @@ from system_model import Counters, DogSchool
 from eventsourcing.domain import Aggregate, CanMutateAggregate
 from eventsourcing.persistence import (
     IntegrityError,
+    InternalError,
     Notification,
     OperationalError,
     ProgrammingError,
@@ -395,5 +396,47 @@ def test_psycopg_errors_inside_get_connection_are_translated(
         with pytest.raises(IntegrityError), datastore.transaction(commit=True) as curs:
             curs.execute("CREATE TEMP TABLE t (x int PRIMARY KEY)")
             curs.execute("INSERT INTO t VALUES (1), (1)")
+    finally:
+        datastore.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL: a transaction the caller begins on a lent connection
+
+
+def test_explicit_begin_on_a_lent_connection(postgres_database: PostgresDatabase) -> None:
+    env = postgres_database.env
+    datastore = PostgresDatastore(
+        env["POSTGRES_DBNAME"],
+        env["POSTGRES_HOST"],
+        env["POSTGRES_PORT"],
+        env["POSTGRES_USER"],
+        env["POSTGRES_PASSWORD"],
+        idle_in_transaction_session_timeout=1,
+    )
+    try:
+        with datastore.get_connection() as conn:
+            conn.execute("CREATE TABLE pages (name text PRIMARY KEY)")
+        # Left open, committed at the end of the block (as 9.5.6 does).
+        with datastore.get_connection() as conn:
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO pages VALUES ('kept')")
+        # Rolled back when the block fails.
+        with pytest.raises(ZeroDivisionError), datastore.get_connection() as conn:
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO pages VALUES ('dropped')")
+            _ = 1 / 0
+        # Idle in the transaction for longer than the timeout: the server ends it.
+        with pytest.raises(InternalError) as cm, datastore.get_connection() as conn:
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO pages VALUES ('timed out')")
+            time.sleep(1.5)
+        assert "idle-in-transaction timeout" in str(cm.value)
+        with pytest.raises(InternalError), datastore.transaction(commit=True) as curs:
+            curs.execute("INSERT INTO pages VALUES ('timed out too')")
+            time.sleep(1.5)
+        with postgres_database.connect() as other:
+            names = other.execute("SELECT name FROM pages").fetchall()
+        assert names == [("kept",)]
     finally:
         datastore.close()
