@@ -361,6 +361,8 @@ class PostgresDatastore:
         self.single_row_tracking = single_row_tracking
         self.originator_id_type = _check_originator_id_type(originator_id_type, ValueError)
         self.enable_db_functions = enable_db_functions
+        #: Names of the composite types the recorders use (``stored_event_uuid``...).
+        self.db_type_names: set[str] = set()
         self._closed = False
         self._open_lock = threading.Lock()
         self._is_open = False
@@ -762,6 +764,7 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
             f"{events_table_name}_notification_id_idx"
         )
         self.stored_event_type_name = f"stored_event_{datastore.originator_id_type}"
+        datastore.db_type_names.add(self.stored_event_type_name)
         self._is_uuid = datastore.originator_id_type == "uuid"
         self._table = self.qualified(events_table_name)
         self.create_table_statement_index = len(self.sql_create_statements)
@@ -780,6 +783,15 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
             "SELECT originator_version, topic, state FROM {} WHERE originator_id = %s"
         ).format(self._table)
         self._select_statements: dict[tuple[bool, bool, bool, bool], Composed] = {}
+
+    def construct_pg_stored_event(
+        self, originator_id: UUID | str, originator_version: int, topic: str, state: bytes
+    ) -> PgStoredEvent:
+        """Return a row of the ``stored_event_<type>`` composite type, as 9.x does.
+
+        A list of them can be passed as the parameter of ``unnest(%s::<schema>.<type>[])``.
+        """
+        return PgStoredEvent(originator_id, originator_version, topic, state)
 
     def _create_events_table_statement(self, with_notification_id: bool) -> Composed:
         notification_id = "notification_id bigserial, " if with_notification_id else ""
@@ -1563,6 +1575,9 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
         self.tracking_table_name = tracking_table_name
         self._tracking_table = self.qualified(tracking_table_name)
         self._multi_row_checked = False
+        self.tracking_table_exists = False
+        self.tracking_migration_previous: int | None = None
+        self.tracking_migration_current: int | None = None
         primary_key = "application_name" if datastore.single_row_tracking else (
             "application_name, notification_id"
         )
@@ -1587,10 +1602,20 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
         ).format(self._tracking_table)
 
     def create_table(self) -> None:
-        """Create (or migrate) the tracking table, and the base classes' tables."""
+        """Create (or migrate) the tracking table, and the base classes' tables.
+
+        Notes what it found as 9.x does: ``tracking_table_exists``, and the layout version
+        before and after (``tracking_migration_previous`` and ``_current``: 1 for the
+        single-row layout, None for the multi-row one).
+        """
         self.datastore.run(self._create_schema)
         migration = self._migration_state()
+        self.tracking_table_exists = migration != "absent"
+        previous = None if migration == "absent" else migration
+        self.tracking_migration_previous = self.tracking_migration_current = previous
         super().create_table()
+        if self.datastore.single_row_tracking:
+            self.tracking_migration_current = 1
         if not self.datastore.single_row_tracking and migration not in (None, "absent"):
             raise OperationalError(
                 "Can't do multi-row tracking with single-row tracking table "

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
 import psycopg
+import psycopg.sql
 import pytest
 from conftest import PostgresDatabase
 from servers import free_port
@@ -29,8 +30,14 @@ from eventsourcing.persistence import (
     OperationalError,
     ProgrammingError,
     StoredEvent,
+    Tracking,
 )
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from eventsourcing.postgres import (
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+    PostgresFactory,
+    PostgresTrackingRecorder,
+)
 from eventsourcing.projection import ProcessingJob
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 from eventsourcing.system import (
@@ -121,7 +128,6 @@ def test_pg_close_all_connections_terminates_other_sessions(
     finally:
         victim.close()
         f.close()
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +273,7 @@ def test_generic_event_classes_keep_their_own_type_arguments() -> None:
     for e in events:
         copy = e.mutate(copy)
     assert isinstance(copy, B) and copy.version == 2
+
 
 def test_only_the_id_type_parameter_gives_the_id_type() -> None:
     class Keyed(CanMutateAggregate[TID], Generic[TShared, TID]):
@@ -440,3 +447,82 @@ def test_explicit_begin_on_a_lent_connection(postgres_database: PostgresDatabase
         assert names == [("kept",)]
     finally:
         datastore.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL: public attributes of 9.5.6
+
+
+def datastore_on(db: PostgresDatabase, **kwargs: Any) -> PostgresDatastore:
+    """A datastore on the test's database."""
+    env = db.env
+    return PostgresDatastore(
+        env["POSTGRES_DBNAME"],
+        env["POSTGRES_HOST"],
+        env["POSTGRES_PORT"],
+        env["POSTGRES_USER"],
+        env["POSTGRES_PASSWORD"],
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("id_type", ["uuid", "text"])
+def test_composite_type_names_and_rows(postgres_database: PostgresDatabase, id_type: str) -> None:
+    datastore = datastore_on(postgres_database, originator_id_type=id_type)
+    try:
+        assert datastore.db_type_names == set()
+        recorder = PostgresApplicationRecorder(datastore, events_table_name="pages_events")
+        recorder.create_table()
+        assert datastore.db_type_names == {f"stored_event_{id_type}"}
+        # Rows made by construct_pg_stored_event go in through the composite type.
+        originator_id = uuid4() if id_type == "uuid" else "page-1"
+        rows = [
+            recorder.construct_pg_stored_event(originator_id, v, "topic", b"state %d" % v)
+            for v in (1, 2)
+        ]
+        statement = psycopg.sql.SQL(
+            "INSERT INTO pages_events (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%s::public.{}[])"
+        ).format(psycopg.sql.Identifier(f"stored_event_{id_type}"))
+        with datastore.transaction(commit=True) as curs:
+            curs.execute(statement, (rows,))
+        stored = recorder.select_events(originator_id)
+        assert [(e.originator_version, e.state) for e in stored] == [
+            (1, b"state 1"),
+            (2, b"state 2"),
+        ]
+    finally:
+        datastore.close()
+
+
+def tracking_state(recorder: PostgresTrackingRecorder) -> tuple[bool, int | None, int | None]:
+    return (
+        recorder.tracking_table_exists,
+        recorder.tracking_migration_previous,
+        recorder.tracking_migration_current,
+    )
+
+
+def test_tracking_table_state_is_noted(postgres_database: PostgresDatabase) -> None:
+    single = datastore_on(postgres_database)
+    multi = datastore_on(postgres_database, single_row_tracking=False)
+    try:
+        recorder = PostgresTrackingRecorder(single, tracking_table_name="fresh")
+        assert tracking_state(recorder) == (False, None, None)
+        recorder.create_table()
+        assert tracking_state(recorder) == (False, None, 1)
+        again = PostgresTrackingRecorder(single, tracking_table_name="fresh")
+        again.create_table()
+        assert tracking_state(again) == (True, 1, 1)
+
+        legacy = PostgresTrackingRecorder(multi, tracking_table_name="legacy")
+        legacy.create_table()
+        assert tracking_state(legacy) == (False, None, None)
+        legacy.insert_tracking(Tracking("Upstream", 7))
+        migrated = PostgresTrackingRecorder(single, tracking_table_name="legacy")
+        migrated.create_table()
+        assert tracking_state(migrated) == (True, None, 1)
+        assert migrated.max_tracking_id("Upstream") == 7
+    finally:
+        single.close()
+        multi.close()
