@@ -470,7 +470,11 @@ def _init_params(cls: type) -> _InitParams:
 
 
 def _default_factories(cls: type) -> dict[str, Callable[[], Any]]:
-    """Return the default factories of ``cls``'s dataclass fields, by field name."""
+    """Return the default factories of ``cls``'s dataclass fields, by field name.
+
+    Their values are made when the aggregate is created, and recorded in its created event
+    (9.5.6 difference: default factory values recorded).
+    """
     fields = getattr(cls, "__dataclass_fields__", {})
     return {
         name: f.default_factory
@@ -622,7 +626,8 @@ def _make_binder(
     ``qualname``), and fills in defaults, calling ``factories`` for the parameters they
     name, so command methods and aggregate classes report argument errors as Python does.
     ``leading`` names extra parameters after ``self``. Parameters that cannot be passed
-    by name (``*args``, ``**kwargs``, positional-only) are left out.
+    by name (``*args``, ``**kwargs``, positional-only) are left out. Keyword-only parameters
+    keep their defaults (9.5.6 difference: keyword-only defaults honoured).
     """
     factories = factories or {}
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -815,7 +820,8 @@ class CommandMethodDecorator:
                     raise _argument_error(e) from None
                 aggregate.trigger_event(event_cls, **{k: v for k, v in bound.items() if k in names})
 
-        # Bound methods then show the method's name, docstring and signature.
+        # Bound methods then show the method's name, docstring and signature (9.5.6
+        # difference: command methods keep their signature).
         return update_wrapper(trigger, func)
 
     def trigger(self, aggregate: Any, *args: Any, **kwargs: Any) -> None:
@@ -957,7 +963,8 @@ def _check_decorated_property(prop: property, name_missing: bool) -> None:
         getter = cast(Callable[..., Any], prop.fget)
         raise TypeError(f"@event can't decorate {getter.__name__}() property getter")
     setter = prop.fset
-    if not isinstance(setter, FunctionType):  # e.g. decorated twice
+    # e.g. decorated twice (9.5.6 difference: misused decorators raise TypeError)
+    if not isinstance(setter, FunctionType):
         raise TypeError(f"{setter} is not a function or property")
     if name_missing:
         # An event named after a property ("Name") would not say what happened.
@@ -1020,7 +1027,8 @@ def _init_binder(cls: Any) -> Any:
         init, qualname = (lambda self: None), "object.__init__"
     else:
         qualname = init.__qualname__
-    # An annotated 'id' is a leading argument, unless __init__ has an 'id' of its own.
+    # An annotated 'id' is a leading argument, unless __init__ has an 'id' of its own
+    # (9.5.6 difference: id annotation with an id parameter).
     takes_id = "id" in inspect.signature(init).parameters
     leading = ("id",) if cls.__dict__.get("_annotations_mention_id") and not takes_id else ()
     return _make_binder(init, qualname, leading, _default_factories(cls))
@@ -1445,6 +1453,7 @@ def _command_decorator_of(cls: Any, attr: str, value: Any) -> CommandMethodDecor
         if value.decorated_func.__name__ == "__init__":
             return None
         if value.decorated_property is not None:  # @event over @x.setter
+            # The deleter is kept (9.5.6 difference: deleters of event properties).
             prop = value.decorated_property
             setattr(cls, attr, property(prop.fget, value, prop.fdel, prop.__doc__))
         return value

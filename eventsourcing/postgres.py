@@ -24,7 +24,8 @@ Environment variables (read through ``Environment.get``, so ``<APPNAME>_<KEY>`` 
 * ``SINGLE_ROW_TRACKING`` (default ``t``): one tracking row per upstream application, older
   multi-row tracking tables being migrated. ``POSTGRES_ENABLE_DB_FUNCTIONS`` (default no):
   also create the ``es_insert_events_<type>`` function that 9.x clients may call (our own
-  inserts don't use it: one function per id type can serve only one table per schema).
+  inserts don't use it: one function per id type can serve only one table per schema;
+  9.5.6 difference: PostgreSQL insert function unused).
 * ``APPLICATION_RECORDER_TOPIC``, ``TRACKING_RECORDER_TOPIC``, ``PROCESS_RECORDER_TOPIC``.
 
 Tables are named after the application (``<name>_events``, ``<name>_snapshots``,
@@ -47,6 +48,7 @@ Guarantees:
   a save is never applied twice (if the server can't be reached to look, the error says
   the outcome is unknown). An exhausted
   pool raises ``ConnectionUnavailableError``. Passwords never appear in messages or logs.
+  (9.5.6 difference: PostgreSQL retries and reconnection.)
 * Subscriptions: ``subscribe()`` is woken by ``LISTEN``/``NOTIFY``, so writers in any process
   (ours or ``eventsourcing`` 9.x) wake it.
 
@@ -483,7 +485,8 @@ class PostgresDatastore:
         """Explain why the pool didn't open in ``pool_open_timeout``; make a fresh pool.
 
         psycopg_pool closes a pool that times out opening, and a closed pool can't be
-        opened again: the next use of the datastore tries again with a new one.
+        opened again: the next use of the datastore tries again with a new one (9.5.6
+        difference: a pool that failed to open is replaced).
         """
         self.pool = ConnectionPool(**self._pool_kwargs)
         try:

@@ -25,8 +25,10 @@ runner                            where processing runs       what a prompt deli
 ================================  ==========================  ============================
 
 When a prompt carries events, they are used as they are unless they do not continue from the
-follower's position, in which case the gap is read from the log first. Every runner catches
-up with the backlog when it starts, and can be stopped and started again.
+follower's position, in which case the gap is read from the log first. Notification ids
+decide, not the order prompts arrive in (9.5.6 difference: prompts judged by notification
+id). Every runner catches up with the backlog when it starts, and can be stopped and started
+again.
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ class Follower(EventSourcedProjection[TAggregateID]):
     Within a batch the policy's ``repository.get()`` sees what the policy did earlier in
     the batch; other reads (the follower's own notification log, a query on its recorder)
     see only what is recorded, that is, not the rest of the batch. Set the batch size to 1
-    where a policy depends on such reads.
+    where a policy depends on such reads. 9.5.6 difference: processing in batches.
 
     ``topics``, when set, restricts processing to events of those topics (the legacy class
     attribute ``follow_topics`` is accepted too).
@@ -931,7 +933,8 @@ class NewSingleThreadedRunner(SingleThreadedRunner[TAggregateID]):
     """A :class:`SingleThreadedRunner` whose followers process the events a prompt carries.
 
     The log is read only to fill a gap (events recorded without a prompt reaching the
-    follower); a prompt older than one already seen is ignored.
+    follower); a prompt older than one already seen is ignored. 9.5.6 difference: New
+    runners' internals.
     """
 
     keep_recordings = True
@@ -1095,7 +1098,8 @@ class NewMultiThreadedRunner(
 
     The log is read only to fill a gap. Errors are reported by stage, as
     :class:`NotificationPullingError`, :class:`NotificationConvertingError` or
-    :class:`EventProcessingError`.
+    :class:`EventProcessingError`. 9.5.6 difference: New runners' internals (one thread
+    per follower, no :class:`PullingThread` or :class:`ConvertingThread`).
     """
 
     keep_recordings = True
@@ -1162,7 +1166,8 @@ class PullingThread(_PipelineThread, Generic[TAggregateID]):
     Events at or before the last notification id passed on are dropped as seen; anything
     before a prompt's first event that no prompt delivered is read from the leader's log
     first and passed on as lists of notifications. Ids decide, not the order in which
-    prompts arrive, so an out-of-order prompt is never lost (9.x ignored it). At most 100
+    prompts arrive, so an out-of-order prompt is never lost (9.5.6 difference: prompts
+    judged by notification id). At most 100
     prompts wait; more set ``overflow_event`` and are dropped, to be read from the log.
     Errors are :class:`NotificationPullingError`.
     """

@@ -819,7 +819,7 @@ def tmpfile_uris() -> Iterator[str]:
 
     As with 9.x, a URI stays usable after the generator is gone (a ``setUp()`` may keep
     only the URI): the files are in one temporary directory for the whole process, which
-    is removed when the process exits.
+    is removed when the process exits (9.5.6 difference: test files kept until exit).
     """
     directory = Path(_test_files_directory().name)
     while True:
