@@ -1053,7 +1053,10 @@ class SQLiteApplicationRecorder(SQLiteAggregateRecorder, ApplicationRecorder):
         return rows[0][0]  # type: ignore[no-any-return]
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> SQLiteSubscription:
-        """Return a subscription to notifications after ``gt``, filtered by ``topics``."""
+        """Return a subscription to notifications after ``gt``, filtered by ``topics``.
+
+        9.5.6 difference: SQLite subscriptions.
+        """
         return SQLiteSubscription(recorder=self, gt=gt, topics=topics)
 
     def _get_select_notifications_statement(
