@@ -716,6 +716,7 @@ class PostgresRecorder:
         Processes that start together over an empty database take turns: the tables are
         created holding an advisory lock, because two ``CREATE TABLE IF NOT EXISTS`` of one
         table at once can collide in PostgreSQL's catalogue.
+        (9.5.6 difference: tables created once by concurrent processes.)
         """
         self.datastore.run(self._create_schema)
         for statement in self.sql_create_statements:

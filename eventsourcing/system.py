@@ -215,7 +215,8 @@ class Follower(EventSourcedProjection[TAggregateID]):
         if getattr(self.recorder, "_has_insert_hook", False):
             # A recorder that extends _insert_events reads the keyword arguments a policy
             # collects with its events, which are per notification (as in 9.x): batching
-            # would merge them, so each notification gets a transaction of its own.
+            # would merge them, so each notification gets a transaction of its own
+            # (9.5.6 difference: one notification per transaction with an insert hook).
             self.process_batch_size = 1
         # A subclass that overrides process_event() gets it called for each event.
         self.processes_each_event = type(self).process_event is not Follower.process_event
@@ -524,7 +525,7 @@ class _LeaderFeed(Generic[TAggregateID]):
     is a compare-and-set, see :class:`~eventsourcing.persistence.BatchTracking`). A batch
     refused because another process recorded a later position is not an error: the feed
     moves on to that position, and the policy's cached aggregates, which the other process
-    may have changed, are dropped.
+    may have changed, are dropped (9.5.6 difference: refused batches are not errors).
     """
 
     def __init__(
