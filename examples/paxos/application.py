@@ -335,7 +335,9 @@ class Replica(ProcessApplication[UUID]):
             self._update(
                 event.number,
                 processing_event,
-                lambda s: s.receive_acceptance(event.ballot, event.command, [sender]),
+                lambda s: s.receive_acceptance(
+                    event.ballot, event.command, [sender, event.ballot.replica]
+                ),
             )
 
     @policy.register

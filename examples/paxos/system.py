@@ -8,6 +8,7 @@ so the same System runs with every application in one process or each in its own
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 from eventsourcing.system import System
@@ -27,14 +28,25 @@ def replica_class(index: int, size: int) -> type[Replica]:
     """The class of replica ``index`` of a cluster of ``size`` (the same class each time)."""
     names = replica_names(size)
     name = names[index]
+    # The class's topic, examples.paxos.system:Replica0_of_3, resolves (module __getattr__).
+    qualname = f"{name}_of_{size}"
     attributes = {
         "name": name,
         "replica_names": names,
         "__module__": __name__,
-        "__qualname__": name,
+        "__qualname__": qualname,
         "__doc__": f"Replica {index} of a cluster of {size}.",
     }
-    return type(name, (Replica,), attributes)
+    return type(qualname, (Replica,), attributes)
+
+
+def __getattr__(attribute: str) -> type[Replica]:
+    """Resolve ``ReplicaI_of_N``, the topic of each replica class, to the class."""
+    match = re.fullmatch(r"Replica(\d+)_of_(\d+)", attribute)
+    if match is None or int(match[1]) >= int(match[2]):
+        msg = f"module {__name__!r} has no attribute {attribute!r}"
+        raise AttributeError(msg)
+    return replica_class(int(match[1]), int(match[2]))
 
 
 def build_system(size: int = 3) -> System:
