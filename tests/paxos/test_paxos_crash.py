@@ -10,11 +10,7 @@ the request waiting on the third is chosen and applied, once.
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,62 +18,20 @@ from pathlib import Path
 
 import pytest
 from linearizability import History, assert_linearizable
-from paxos_cluster import assert_agreement, replica_env, run_clients, wait_until_agreed
+from paxos_cluster import (
+    Cluster,
+    assert_agreement,
+    replica_env,
+    run_clients,
+    wait_until_agreed,
+)
 
 from examples.paxos.application import CommandTimeoutError, Replica
 from examples.paxos.system import Replica0, Replica1, Replica2
 
 pytestmark = pytest.mark.timeout(240)
 
-ROOT = Path(__file__).resolve().parents[2]
-WORKER = Path(__file__).with_name("paxos_worker.py")
 CLASSES = (Replica0, Replica1, Replica2)
-
-
-class Cluster:
-    """Three worker processes, one per replica, that can be killed and restarted."""
-
-    def __init__(self, env: dict[str, str], tmp_path: Path):
-        """Prepare to run workers with ``env`` (logs of their errors go in ``tmp_path``)."""
-        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-        self.tmp_path = tmp_path
-        self.workers: dict[str, subprocess.Popen[str]] = {}
-
-    def start(self, name: str) -> None:
-        """Start the worker of replica ``name``; return once it is following."""
-        stderr = (self.tmp_path / f"{name}.stderr").open("a")
-        worker = subprocess.Popen(
-            [sys.executable, str(WORKER), name],
-            env=self.env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-        stderr.close()
-        assert worker.stdout is not None
-        if worker.stdout.readline().strip() != "ready":
-            worker.kill()
-            raise AssertionError(f"{name} did not start: {self.errors(name)}")
-        self.workers[name] = worker
-
-    def kill(self, name: str) -> None:
-        """SIGKILL the worker of ``name``."""
-        worker = self.workers.pop(name)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
-
-    def stop(self) -> None:
-        """Stop every worker (SIGTERM); fail if one had died of an error."""
-        for worker in self.workers.values():
-            worker.terminate()
-        for name, worker in self.workers.items():
-            assert worker.wait(timeout=30) == 0, self.errors(name)
-        self.workers.clear()
-
-    def errors(self, name: str) -> str:
-        """What the worker of ``name`` wrote to stderr."""
-        return (self.tmp_path / f"{name}.stderr").read_text()
 
 
 @pytest.fixture(params=["sqlite_file", "postgres"])
