@@ -212,7 +212,7 @@ class Replica(ProcessApplication[UUID]):
                 )
                 raise CommandTimeoutError(msg)
             if now >= next_nudge:
-                self._nudge(request_id)
+                self.nudge(request_id)
                 nudge_after *= 2
                 next_nudge = now + nudge_after
             with self._recorded:
@@ -227,7 +227,13 @@ class Replica(ProcessApplication[UUID]):
             return None
         return receipt
 
-    def _nudge(self, request_id: str) -> None:
+    def nudge(self, request_id: str) -> None:
+        """Ask this replica to take over the slots that hold the log up.
+
+        It proposes again, with a higher ballot, in every slot it has heard of that is
+        not chosen and where it is not proposing already (a proposer there may have
+        stopped running, or nobody may have proposed there at all).
+        """
         try:
             request: Request = self.repository.get(request_id_of(self.index, request_id))
             request.nudge()
