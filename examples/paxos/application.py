@@ -28,7 +28,7 @@ from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording, Transcoding
 from eventsourcing.system import ProcessApplication
-from eventsourcing.utils import EnvType
+from eventsourcing.utils import EnvType, get_topic
 from examples.paxos.domainmodel import (
     Ballot,
     Command,
@@ -103,6 +103,21 @@ class Replica(ProcessApplication[UUID]):
     """
 
     replica_names: ClassVar[tuple[str, ...]] = ()
+    # What the policy acts on; the rest of the logs (the state machine's events, notes of
+    # messages received) is passed over in the query, with nothing recorded for it.
+    topics = tuple(
+        get_topic(cls)
+        for cls in (
+            Request.Submitted,
+            Request.Nudged,
+            Slot.Prepared,
+            Slot.Promised,
+            Slot.Refused,
+            Slot.AcceptRequested,
+            Slot.Accepted,
+            Slot.Chosen,
+        )
+    )
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Store: 100}
 
     def __init__(self, env: EnvType | None = None) -> None:
