@@ -236,10 +236,7 @@ class Replica(ProcessApplication[UUID]):
 
     def receipt(self, request_id: str) -> Receipt | None:
         """The receipt of the request, if this replica has applied it."""
-        try:
-            receipt: Receipt = self.repository.get(Receipt.create_id(self.index, request_id))
-        except AggregateNotFoundError:
-            return None
+        receipt: Receipt | None = self._find(Receipt.create_id(self.index, request_id))
         return receipt
 
     def nudge(self, request_id: str) -> None:
@@ -267,19 +264,20 @@ class Replica(ProcessApplication[UUID]):
 
     def store(self) -> Store:
         """This replica's store (empty if nothing is applied yet)."""
-        try:
-            store: Store = self.repository.get(Store.create_id(self.index))
-        except AggregateNotFoundError:
-            return Store(self.index)
-        return store
+        store: Store | None = self._find(Store.create_id(self.index))
+        return store or Store(self.index)
 
     def slot(self, number: int) -> Slot | None:
         """This replica's state for slot ``number``, if it has any."""
+        slot: Slot | None = self._find(Slot.create_id(self.index, number))
+        return slot
+
+    def _find(self, aggregate_id: UUID) -> Any:
+        """The aggregate, or None if there is none with that id."""
         try:
-            slot: Slot = self.repository.get(Slot.create_id(self.index, number))
+            return self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
-        return slot
 
     def applied_commands(self) -> list[Command]:
         """The commands applied so far, by slot."""
@@ -309,7 +307,7 @@ class Replica(ProcessApplication[UUID]):
             return
         # Take over every slot not yet chosen here in which this replica is not proposing:
         # its proposer may have stopped, or nobody may have proposed in it at all.
-        for number in range(self._store().next_slot, self._free_slot_guess()):
+        for number in range(self.store().next_slot, self._free_slot_guess()):
             self._update(number, processing_event, _take_over)
 
     @policy.register
@@ -387,11 +385,7 @@ class Replica(ProcessApplication[UUID]):
 
     def _policy_slot(self, number: int) -> Slot:
         self._next_free_slot = max(self._free_slot_guess(), number + 1)
-        try:
-            slot: Slot = self.repository.get(Slot.create_id(self.index, number))
-        except AggregateNotFoundError:
-            slot = Slot(self.index, number, self.quorum)
-        return slot
+        return self.slot(number) or Slot(self.index, number, self.quorum)
 
     def _after_choosing(self, slot: Slot, processing_event: ProcessingEvent[UUID]) -> None:
         """Propose our command again if it lost the slot; apply what can be applied."""
@@ -404,29 +398,22 @@ class Replica(ProcessApplication[UUID]):
         self, command: Command, processing_event: ProcessingEvent[UUID]
     ) -> None:
         number = self._free_slot_guess()
-        while self._exists(Slot.create_id(self.index, number)):
+        while self.slot(number) is not None:
             number += 1
         self._update(number, processing_event, lambda s: s.propose(command))
 
     def _free_slot_guess(self) -> int:
         """One after the highest slot this replica has heard of (since it started)."""
         if self._next_free_slot is None:
-            self._next_free_slot = self._store().next_slot
+            self._next_free_slot = self.store().next_slot
         return self._next_free_slot
 
     def _apply_chosen(self, processing_event: ProcessingEvent[UUID]) -> None:
         """Apply chosen commands in slot order, from the first slot not applied yet."""
-        store = self._store()
-        while True:
-            try:
-                slot: Slot = self.repository.get(Slot.create_id(self.index, store.next_slot))
-            except AggregateNotFoundError:
-                break
+        store = self.store()
+        while (slot := self.slot(store.next_slot)) is not None and slot.chosen is not None:
             command = slot.chosen
-            if command is None:
-                break
-            receipt_id = Receipt.create_id(self.index, command.request_id)
-            if command.op != "noop" and self._exists(receipt_id):
+            if command.op != "noop" and self.receipt(command.request_id) is not None:
                 store.skip_duplicate(slot.number, command)
                 continue
             result = store.result_of(command)
@@ -436,20 +423,6 @@ class Replica(ProcessApplication[UUID]):
                     Receipt(self.index, command.request_id, slot.number, result)
                 )
         processing_event.collect_events(store)
-
-    def _store(self) -> Store:
-        try:
-            store: Store = self.repository.get(Store.create_id(self.index))
-        except AggregateNotFoundError:
-            store = Store(self.index)
-        return store
-
-    def _exists(self, aggregate_id: UUID) -> bool:
-        try:
-            self.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            return False
-        return True
 
 
 def _take_over(slot: Slot) -> None:

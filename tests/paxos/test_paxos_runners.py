@@ -9,8 +9,6 @@ linearizable.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from eventsourcing.system import (
     SingleThreadedRunner,
 )
 from examples.paxos.application import Replica
+from examples.paxos.demo import race
 from examples.paxos.system import Replica0, Replica1, Replica2, build_system, system
 
 pytestmark = pytest.mark.timeout(180)
@@ -49,23 +48,6 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
 def replicas_of(runner: Runner[Any]) -> list[Replica]:
     """The three replicas of the runner."""
     return [runner.get(cls) for cls in (Replica0, Replica1, Replica2)]
-
-
-def race(*calls: Callable[[], Any]) -> list[Any]:
-    """Make the calls at the same time, from threads; return their results in order."""
-    results: list[Any] = [None] * len(calls)
-    barrier = threading.Barrier(len(calls))
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = calls[i]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
 
 
 # ---------------------------------------------------------------------------------------------
