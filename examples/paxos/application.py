@@ -403,9 +403,16 @@ class Replica(ProcessApplication[UUID]):
         self._update(number, processing_event, lambda s: s.propose(command))
 
     def _free_slot_guess(self) -> int:
-        """One after the highest slot this replica has heard of (since it started)."""
+        """One after the highest slot this replica has heard of.
+
+        After a restart, the first slot from the first one not applied for which this
+        replica has no state (the slots in progress come before it).
+        """
         if self._next_free_slot is None:
-            self._next_free_slot = self.store().next_slot
+            number = self.store().next_slot
+            while self.slot(number) is not None:
+                number += 1
+            self._next_free_slot = number
         return self._next_free_slot
 
     def _apply_chosen(self, processing_event: ProcessingEvent[UUID]) -> None:

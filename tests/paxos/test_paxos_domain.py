@@ -8,6 +8,7 @@ commands chosen and that every command is applied once.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,37 @@ def test_random_schedules_choose_one_command_per_slot(seed: int) -> None:
     for number in range(len(logs[0]) + 5):
         chosen = {str(s.chosen) for r in replicas if (s := r.slot(number)) and s.chosen}
         assert len(chosen) <= 1, f"slot {number}: {chosen}"
+
+
+def test_a_restarted_replica_takes_over_the_slots_in_progress_when_nudged(
+    tmp_path: Path,
+) -> None:
+    env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite"}
+    for name in ("Replica0", "Replica1"):
+        env[f"{name.upper()}_SQLITE_DBNAME"] = str(tmp_path / f"{name}.sqlite")
+    replica1 = replica_class(1, 3)(env=env)
+    replica1.follow(replica1.name, replica1.notification_log)
+    replica1.submit(replica1.command("put", "k", value="1"))
+    replica1.pull_and_process(replica1.name)  # proposes in slot 0, then stops for good
+
+    def start_replica0() -> Replica:
+        replica0 = replica_class(0, 3)(env=env)
+        for leader in (replica0, replica1):
+            replica0.follow(leader.name, leader.notification_log)
+        return replica0
+
+    replica0 = start_replica0()
+    replica0.pull_and_process(replica1.name)  # promises in slot 0
+    command = replica0.command("put", "k", value="0")
+    replica0.submit(command)
+    replica0.pull_and_process(replica0.name)  # proposes in slot 1
+    replica0.close()
+
+    restarted = start_replica0()  # its memory of the slots it heard of is gone
+    restarted.nudge(command.request_id)
+    restarted.pull_and_process(restarted.name)
+    taken_over, own = restarted.slot(0), restarted.slot(1)
+    assert taken_over is not None and taken_over.ballot == Ballot(2, 0)
+    assert own is not None and own.ballot == Ballot(1, 0)  # still waiting for promises
+    restarted.close()
+    replica1.close()
