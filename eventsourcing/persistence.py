@@ -66,6 +66,7 @@ __all__ = [
     "AggregateRecorder",
     "ApplicationRecorder",
     "BaseInfrastructureFactory",
+    "BatchTracking",
     "Cipher",
     "Compressor",
     "Connection",
@@ -512,10 +513,48 @@ class Notification(StoredEvent):
 
 @dataclass(frozen=True, slots=True)
 class Tracking:
-    """The position (notification id) up to which an upstream application was processed."""
+    """The position (notification id) up to which an upstream application was processed.
+
+    Recording it is a compare-and-set: it is refused (:class:`IntegrityError`) unless the
+    recorded position is still before :meth:`first_notification_id`. For one notification
+    that is the rule of ``eventsourcing`` 9.x, "only forwards".
+    """
 
     application_name: str
     notification_id: int
+
+    def first_notification_id(self) -> int:
+        """The first notification this record covers; none of them may be recorded yet."""
+        return self.notification_id
+
+    def notification_ids(self) -> tuple[int, ...]:
+        """The notifications this record covers: one row each in a multi-row table."""
+        return (self.notification_id,)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTracking(Tracking):
+    """The position after a batch of notifications processed in one transaction.
+
+    ``processed_ids`` are the ids of the batch's notifications, in order (``notification_id``
+    may lie beyond the last, past notifications of other topics). The record is refused if
+    any position from the batch's first notification on is recorded already: so when two
+    processes work on one follower, a batch overlapping one the other recorded is refused
+    as a whole, and nothing is processed twice.
+    """
+
+    processed_ids: tuple[int, ...] = ()
+
+    def first_notification_id(self) -> int:
+        """The batch's first notification (the position itself, for an empty batch)."""
+        return self.processed_ids[0] if self.processed_ids else self.notification_id
+
+    def notification_ids(self) -> tuple[int, ...]:
+        """The batch's notifications, and the position itself if it lies beyond them."""
+        ids = self.processed_ids
+        if not ids or ids[-1] != self.notification_id:
+            ids = (*ids, self.notification_id)
+        return ids
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -336,19 +336,25 @@ class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
     def insert_tracking(self, tracking: Tracking) -> None:
         """Record ``tracking``; raise IntegrityError unless it is beyond the recorded one."""
         with self._database_lock:
-            self._check_tracking(tracking)
-            self._write_tracking(tracking)
+            self._assert_tracking_uniqueness(tracking)
+            self._insert_tracking(tracking)
 
-    def _check_tracking(self, tracking: Tracking) -> None:
+    def _assert_tracking_uniqueness(self, tracking: Tracking) -> None:
+        """Raise IntegrityError unless nothing ``tracking`` covers is recorded yet.
+
+        Call it holding ``_database_lock``, then :meth:`_insert_tracking`, as custom
+        views do (the names and use of ``eventsourcing`` 9.x).
+        """
         current = self._max_tracking_ids.get(tracking.application_name)
-        if current is not None and tracking.notification_id <= current:
+        if current is not None and current >= tracking.first_notification_id():
             raise IntegrityError(
                 f"Tracking for application '{tracking.application_name}' is already at "
                 f"notification {current}, so can't record {tracking.notification_id} "
                 "(each notification is processed once, in order)"
             )
 
-    def _write_tracking(self, tracking: Tracking) -> None:
+    def _insert_tracking(self, tracking: Tracking) -> None:
+        """Record ``tracking`` (checked first with :meth:`_assert_tracking_uniqueness`)."""
         self._max_tracking_ids[tracking.application_name] = tracking.notification_id
 
     def max_tracking_id(self, application_name: str) -> int | None:
@@ -366,7 +372,7 @@ class POPOProcessRecorder(POPOTrackingRecorder, POPOApplicationRecorder, Process
         super()._check_insert(stored_events, keys, **kwargs)
         tracking: Tracking | None = kwargs.get("tracking")
         if tracking is not None:
-            self._check_tracking(tracking)
+            self._assert_tracking_uniqueness(tracking)
 
     def _write(
         self, stored_events: Sequence[StoredEvent], keys: list[UUID | str], **kwargs: Any
@@ -374,7 +380,7 @@ class POPOProcessRecorder(POPOTrackingRecorder, POPOApplicationRecorder, Process
         super()._write(stored_events, keys, **kwargs)
         tracking: Tracking | None = kwargs.get("tracking")
         if tracking is not None:
-            self._write_tracking(tracking)
+            self._insert_tracking(tracking)
 
 
 class POPOFactory(InfrastructureFactory[POPOTrackingRecorder]):

@@ -774,6 +774,9 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
             "SELECT originator_version, topic, state FROM {} WHERE originator_id = %s"
         ).format(self._table)
         self._select_statements: dict[tuple[bool, bool, bool, bool], Composed] = {}
+        # A subclass that extends _insert_events (9.x's way to write rows of its own with
+        # the events) is called inside the transaction; others take the faster paths.
+        self._has_insert_hook = type(self)._insert_events not in _LIBRARY_INSERT_EVENTS
 
     def _create_events_table_statement(self, with_notification_id: bool) -> Composed:
         notification_id = "notification_id bigserial, " if with_notification_id else ""
@@ -813,11 +816,67 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         """Insert the events in one statement (all or nothing); return None."""
-        if stored_events:
+        if self._has_insert_hook:
+            self._save_through_hook(stored_events, kwargs)
+        elif stored_events:
             save = _PendingSave(stored_events, None)
             self._write([save], self._insert_autocommit)
             save.result()
         return None
+
+    def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        """Write what goes with the events, in their transaction, before they are inserted.
+
+        The extension point of ``eventsourcing`` 9.x: a subclass that overrides it (calling
+        ``super()._insert_events(curs, stored_events, **kwargs)``) can write rows of its
+        own with ``curs``, in the same transaction as the events; keyword arguments given
+        to ``Application.save()`` arrive here. This one writes nothing (a process
+        recorder's records the tracking position).
+        """
+
+    def _save_through_hook(
+        self, stored_events: Sequence[StoredEvent], kwargs: dict[str, Any]
+    ) -> list[int]:
+        """Insert the events in a transaction that calls :meth:`_insert_events` first."""
+        save = _PendingSave(stored_events, kwargs.get("tracking"))
+        self._write([save], partial(self._commit_through_hook, kwargs=kwargs))
+        return save.result()
+
+    def _commit_through_hook(
+        self, conn: Connection[DictRow], saves: list[_PendingSave], *, kwargs: dict[str, Any]
+    ) -> None:
+        save = saves[0]
+        save.ids = save.error = None
+        events = save.stored_events
+        try:
+            conn.execute(_BEGIN, NO_PARAMS, prepare=False)
+            with conn.cursor() as curs:
+                self._insert_events(curs, events, **kwargs)
+            results = _run_script(conn, self._statements_after_hook(events))
+            with _committing(conn) as commit:
+                commit()
+                _run_script(conn, [(_COMMIT, NO_PARAMS)])
+        except (psycopg.IntegrityError, psycopg.DataError) as e:
+            _rollback_quietly(conn)
+            save.error = self.datastore.translate(e)
+        except IntegrityError as e:  # a refused tracking record
+            _rollback_quietly(conn)
+            save.error = e
+        except _OutcomeUnknownError:
+            raise
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
+        else:
+            save.ids = [row[0] for row in results[-1]] if events and results else []
+
+    def _statements_after_hook(self, events: Sequence[StoredEvent]) -> list[_Statement]:
+        return [self._insert(events)] if events else []
+
+    def _insert(self, events: Sequence[StoredEvent]) -> _Statement:
+        return self.insert_events_statement, self._insert_params(events)
 
     def _insert_autocommit(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
         params = self._insert_params(saves[0].stored_events)
@@ -1161,10 +1220,16 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
 
         Returns the new notification ids, in the order of the events.
         """
+        if self._has_insert_hook:
+            return self._save_through_hook(stored_events, kwargs)
         tracking = kwargs.get("tracking")
         if not stored_events and tracking is None:
             return []
         return self._coalescer.save(_PendingSave(stored_events, tracking))
+
+    def _statements_after_hook(self, events: Sequence[StoredEvent]) -> list[_Statement]:
+        lock_and_notify = self._begin_statements()[1:]  # BEGIN was sent before the hook
+        return [*lock_and_notify, *super()._statements_after_hook(events)]
 
     def _commit(self, saves: list[_PendingSave]) -> None:
         """Commit a batch of saves, deciding each (ids or error); never raise."""
@@ -1292,9 +1357,6 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
 
     def _commit_statements(self) -> list[_Statement]:
         return [*((s, NO_PARAMS) for s in self.before_commit_statements), (_COMMIT, NO_PARAMS)]
-
-    def _insert(self, events: Sequence[StoredEvent]) -> _Statement:
-        return self.insert_events_statement, self._insert_params(events)
 
     def _upsert_tracking(self, tracking: Tracking) -> _Statement:
         raise ProgrammingError(
@@ -1561,14 +1623,28 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
             ).format(self._tracking_table)
         )
         if datastore.single_row_tracking:
+            # 9.x's statement, kept for code that uses it: one notification, only forwards.
             self.insert_tracking_statement = SQL(
-                "INSERT INTO {0} AS t VALUES (%s, %s) ON CONFLICT (application_name) DO UPDATE "
+                "INSERT INTO {0} AS t VALUES (%(application_name)s, %(notification_id)s) "
+                "ON CONFLICT (application_name) DO UPDATE "
                 "SET notification_id = EXCLUDED.notification_id "
                 "WHERE t.notification_id < EXCLUDED.notification_id RETURNING notification_id"
             ).format(self._tracking_table)
+            # What the recorder runs: a compare-and-set. The row moves to the new position
+            # only if it is still before the first notification the record covers (the
+            # row lock serialises concurrent writers, 9.x's included).
+            self._record_tracking_statement = SQL(
+                "INSERT INTO {0} AS t VALUES (%s, %s) ON CONFLICT (application_name) DO UPDATE "
+                "SET notification_id = EXCLUDED.notification_id "
+                "WHERE t.notification_id < %s RETURNING notification_id"
+            ).format(self._tracking_table)
         else:
             self.insert_tracking_statement = SQL(
-                "INSERT INTO {} VALUES (%s, %s) RETURNING notification_id"
+                "INSERT INTO {} VALUES (%(application_name)s, %(notification_id)s)"
+            ).format(self._tracking_table)
+            # A row per notification: overlapping records collide on the primary key.
+            self._record_tracking_statement = SQL(
+                "INSERT INTO {} SELECT %s, unnest(%s::bigint[]) RETURNING notification_id"
             ).format(self._tracking_table)
         self.max_tracking_id_statement = SQL(
             "SELECT MAX(notification_id) FROM {} WHERE application_name = %s"
@@ -1637,8 +1713,30 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
         return {row["application_name"]: row["max"] for row in rows}
 
     def _upsert(self, curs: Cursor[Any], application_name: str, notification_id: int) -> bool:
-        curs.execute(self.insert_tracking_statement, (application_name, notification_id))
+        curs.execute(
+            self._record_tracking_statement,
+            self._tracking_params(Tracking(application_name, notification_id)),
+        )
         return curs.fetchone() is not None
+
+    def _tracking_params(self, tracking: Tracking) -> tuple[Any, ...]:
+        """The parameters of ``_record_tracking_statement`` that record ``tracking``."""
+        name = tracking.application_name
+        if self.datastore.single_row_tracking:
+            return name, tracking.notification_id, tracking.first_notification_id()
+        return name, list(tracking.notification_ids())
+
+    def _insert_tracking(self, curs: Cursor[DictRow], tracking: Tracking) -> None:
+        """Record ``tracking`` with the cursor of a transaction the caller manages.
+
+        Custom views call it inside ``with self.datastore.transaction(commit=True) as
+        curs:``, so that the view's rows and the position commit together (as in 9.x).
+        Raises :class:`IntegrityError` if the position was recorded already.
+        """
+        self._check_multi_row_table(curs.connection)
+        curs.execute(self._record_tracking_statement, self._tracking_params(tracking))
+        if self.datastore.single_row_tracking and curs.fetchone() is None:
+            raise self._tracking_refused_error(_PendingSave((), tracking))
 
     def insert_tracking(self, tracking: Tracking) -> None:
         """Record ``tracking``; IntegrityError if it isn't after the recorded position."""
@@ -1656,7 +1754,8 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
             # One statement in autocommit mode: atomic, and one round trip.
             with _committing(conn) as commit, conn.cursor() as curs:
                 commit()
-                recorded = self._upsert(curs, tracking.application_name, tracking.notification_id)
+                curs.execute(self._record_tracking_statement, self._tracking_params(tracking))
+                recorded = curs.fetchone() is not None
             if recorded:
                 save.ids = []
             else:
@@ -1755,7 +1854,15 @@ class PostgresProcessRecorder(
         )
 
     def _upsert_tracking(self, tracking: Tracking) -> _Statement:
-        return self.insert_tracking_statement, (tracking.application_name, tracking.notification_id)
+        return self._record_tracking_statement, self._tracking_params(tracking)
+
+    def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        """Record the ``tracking=`` record, before the events, in the same transaction."""
+        tracking: Tracking | None = kwargs.get("tracking")
+        if tracking is not None:
+            self._insert_tracking(curs, tracking)
 
     def _commit_batch(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
         if any(save.tracking for save in saves):
@@ -1767,6 +1874,13 @@ class PostgresProcessRecorder(
 
     def _tracking_is_stored(self, conn: Connection[DictRow], save: _PendingSave) -> bool:
         return PostgresTrackingRecorder._tracking_is_stored(self, conn, save)
+
+
+# The library's own _insert_events: a recorder class with another one has extended it.
+_LIBRARY_INSERT_EVENTS = {
+    PostgresAggregateRecorder._insert_events,
+    PostgresProcessRecorder._insert_events,
+}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from eventsourcing.application import (
 from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.domain import DomainEventProtocol, MutableOrImmutableAggregate, TAggregateID
 from eventsourcing.persistence import (
+    BatchTracking,
     InfrastructureFactory,
     IntegrityError,
     Mapper,
@@ -296,6 +297,8 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
             LRUCache(maxsize) if maxsize > 0 else None
         )
         self._batch_used_recorded = False
+        # The positions this instance recorded (or found recorded), per leader.
+        self._positions: dict[str, int] = {}
 
     def _env_policy_cache_maxsize(self) -> int:
         value = self.env.get(self.POLICY_CACHE_MAXSIZE)
@@ -347,6 +350,7 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
             if not jobs:
                 return []
             tracking = jobs[-1][1]
+        tracking = _batch_tracking(jobs, tracking)
         with self.processing_lock:
             processing_event = ProcessingEvent[TAggregateID](tracking=tracking)
             try:
@@ -357,6 +361,7 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
                 # Kept aggregates were out of date: run the batch again from the store.
                 processing_event = ProcessingEvent[TAggregateID](tracking=tracking)
                 recordings = self._process_batch(jobs, processing_event)
+            self._positions[tracking.application_name] = tracking.notification_id
             self._take_snapshots(processing_event)
             self.notify(processing_event.events)  # deprecated hook, kept for subclasses
             self._notify(recordings)
@@ -380,6 +385,24 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
         recordings = self._record_batch(processing_event, jobs)
         view.keep_recorded()
         return recordings
+
+    def recorded_position(self, leader_name: str) -> int | None:
+        """Return the position recorded for ``leader_name`` (None if nothing is).
+
+        If it isn't the position this instance last recorded, another process has recorded
+        one since, and may have changed aggregates the policy cache holds: they are dropped.
+        """
+        position = self.recorder.max_tracking_id(leader_name)
+        if position != self._positions.get(leader_name):
+            self.forget_policy_cache()
+            if position is not None:
+                self._positions[leader_name] = position
+        return position
+
+    def forget_policy_cache(self) -> None:
+        """Drop the aggregates kept for the policy (another process may have changed them)."""
+        if self._recorded_aggregates is not None:
+            self._recorded_aggregates.clear()
 
     def _forget_recorded_aggregates(self) -> bool:
         """Forget every kept aggregate; say whether the failed batch had used any."""
@@ -445,6 +468,14 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
         ``processing_event.collect_events(...)``, never with ``save()``, so that they are
         recorded atomically with the tracking record.
         """
+
+
+def _batch_tracking(jobs: Sequence[ProcessingJob[Any]], tracking: Tracking) -> Tracking:
+    """The tracking record of a batch: refused if any notification of it was recorded."""
+    ids = tuple(job_tracking.notification_id for _, job_tracking in jobs)
+    if ids in ((), (tracking.notification_id,)) or type(tracking) is not Tracking:
+        return tracking
+    return BatchTracking(tracking.application_name, tracking.notification_id, ids)
 
 
 def _policy_failure_note(

@@ -771,6 +771,9 @@ class SQLiteAggregateRecorder(SQLiteRecorder, AggregateRecorder):
         table = self.events_table_name
         self._insert_statements: dict[int, str] = {}
         self._max_chunk = _max_rows_per_statement()
+        # A subclass that extends _insert_events (9.x's way to write rows of its own with
+        # the events) is called inside the transaction; others take the faster paths.
+        self._has_insert_hook = type(self)._insert_events not in _LIBRARY_INSERT_EVENTS
         self.insert_events_statement = _insert_statement(table, 1)
         self._select_events_statements = {
             (gt, lte, desc, limit): self._select_events_statement(gt, lte, desc, limit)
@@ -797,7 +800,10 @@ class SQLiteAggregateRecorder(SQLiteRecorder, AggregateRecorder):
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         """Insert a batch of stored events atomically; return None."""
-        self._write_events(stored_events, None)
+        if self._has_insert_hook:
+            self._write_through_hook(stored_events, kwargs)
+        else:
+            self._write_events(stored_events, None)
         return None
 
     def select_events(
@@ -891,15 +897,30 @@ class SQLiteAggregateRecorder(SQLiteRecorder, AggregateRecorder):
                 start = end
         return cursor.lastrowid or 0
 
+    def _write_through_hook(
+        self, stored_events: Sequence[StoredEvent], kwargs: dict[str, Any]
+    ) -> Sequence[int] | None:
+        """Call :meth:`_insert_events` in one write transaction, as ``insert_events`` does."""
+
+        def insert(cursor: sqlite3.Cursor) -> Sequence[int] | None:
+            # A cursor of the writer's connection, with sqlite3.Row rows, as in 9.x.
+            row_cursor = SQLiteCursor(cursor.connection.cursor())
+            return self._insert_events(row_cursor, stored_events, **kwargs)
+
+        return self.datastore.write(insert, transaction=True)
+
     def _insert_events(
         self, c: SQLiteCursor | sqlite3.Cursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """Insert events with the cursor of a transaction the caller manages.
+        """Insert events with the cursor of the transaction of ``insert_events``.
 
-        For subclasses that write their own tables in the same transaction, e.g. inside
-        ``with self.datastore.transaction(commit=True) as c:``.
+        The extension point of ``eventsourcing`` 9.x: a subclass that overrides it (calling
+        ``super()._insert_events(c, stored_events, **kwargs)``) can write rows of its own
+        with ``c``, in the same transaction as the events; keyword arguments given to
+        ``Application.save()`` arrive here. ``insert_events`` calls it whenever a subclass
+        overrides it.
         """
-        self._insert_rows_with(c, stored_events, kwargs.get("tracking"))
+        self._insert_rows_with(c, stored_events, None)
         return None
 
     def _insert_rows_with(
@@ -950,14 +971,19 @@ class SQLiteApplicationRecorder(SQLiteAggregateRecorder, ApplicationRecorder):
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         """Insert a batch of stored events atomically; return their notification ids."""
+        if self._has_insert_hook:
+            return self._write_through_hook(stored_events, kwargs)
         last = self._write_events(stored_events, None)
         return self._notification_ids(last, len(stored_events))
 
     def _insert_events(
         self, c: SQLiteCursor | sqlite3.Cursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """Insert events with the caller's transaction cursor; return notification ids."""
-        last = self._insert_rows_with(c, stored_events, kwargs.get("tracking"))
+        """Insert events with the transaction's cursor; return their notification ids.
+
+        See :meth:`SQLiteAggregateRecorder._insert_events` for extending it.
+        """
+        last = self._insert_rows_with(c, stored_events, None)
         return self._notification_ids(last, len(stored_events))
 
     def _max_notification_id(self, c: SQLiteCursor | sqlite3.Cursor) -> int | None:
@@ -1091,15 +1117,27 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         self.tracking_migration_current: int | None = None
         self.has_checked_for_multi_row_tracking_table = False
         if self.datastore.single_row_tracking:
+            # 9.x's statement, kept for code that uses it: one notification, only forwards.
             self.insert_tracking_statement = (
-                "INSERT INTO tracking (application_name, notification_id) VALUES (?,?) "
+                "INSERT INTO tracking VALUES (:application_name, :notification_id) "
                 "ON CONFLICT (application_name) DO UPDATE "
                 "SET notification_id=excluded.notification_id "
                 "WHERE tracking.notification_id<excluded.notification_id "
                 "RETURNING notification_id"
             )
+            # What the recorder runs: a compare-and-set on the first notification covered.
+            self._record_tracking_statement = (
+                "INSERT INTO tracking (application_name, notification_id) VALUES (?,?) "
+                "ON CONFLICT (application_name) DO UPDATE "
+                "SET notification_id=excluded.notification_id "
+                "WHERE tracking.notification_id<? "
+                "RETURNING notification_id"
+            )
         else:
             self.insert_tracking_statement = (
+                "INSERT INTO tracking VALUES (:application_name, :notification_id)"
+            )
+            self._record_tracking_statement = (
                 "INSERT INTO tracking (application_name, notification_id) VALUES (?,?)"
             )
         self.select_max_tracking_id_statement = (
@@ -1183,15 +1221,19 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         cursor = c.sqlite_cursor if isinstance(c, SQLiteCursor) else c
         name, notification_id = tracking.application_name, tracking.notification_id
         if not self.datastore.single_row_tracking:
+            # A row per notification: overlapping batches collide on the primary key.
             self._check_has_multi_row_tracking_table(cursor)
-            cursor.execute(self.insert_tracking_statement, (name, notification_id))
+            rows = [(name, i) for i in tracking.notification_ids()]
+            cursor.executemany(self._record_tracking_statement, rows)
             return
+        # A compare-and-set: nothing from the first notification on may be recorded yet.
+        params = (name, notification_id, tracking.first_notification_id())
         # fetchall() (not fetchone) so that the statement completes and commits.
-        if not cursor.execute(self.insert_tracking_statement, (name, notification_id)).fetchall():
+        if not cursor.execute(self._record_tracking_statement, params).fetchall():
             msg = (
                 f"Failed to record tracking for {name} {notification_id}: a position at or "
-                f"after notification {notification_id} is already recorded for {name!r} "
-                "(the notification was probably processed already)"
+                f"after notification {tracking.first_notification_id()} is already recorded "
+                f"for {name!r} (the notification was probably processed already)"
             )
             raise IntegrityError(msg)
 
@@ -1231,9 +1273,29 @@ class SQLiteProcessRecorder(SQLiteTrackingRecorder, SQLiteApplicationRecorder, P
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         """Insert events and the optional ``tracking`` record in one transaction."""
+        if self._has_insert_hook:
+            return self._write_through_hook(stored_events, kwargs)
         tracking: Tracking | None = kwargs.get("tracking")
         last = self._write_events(stored_events, tracking)
         return self._notification_ids(last, len(stored_events))
+
+    def _insert_events(
+        self, c: SQLiteCursor | sqlite3.Cursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Insert events and the ``tracking=`` record with the transaction's cursor.
+
+        See :meth:`SQLiteAggregateRecorder._insert_events` for extending it.
+        """
+        last = self._insert_rows_with(c, stored_events, kwargs.get("tracking"))
+        return self._notification_ids(last, len(stored_events))
+
+
+# The library's own _insert_events: a recorder class with another one has extended it.
+_LIBRARY_INSERT_EVENTS = {
+    SQLiteAggregateRecorder._insert_events,
+    SQLiteApplicationRecorder._insert_events,
+    SQLiteProcessRecorder._insert_events,
+}
 
 
 _R = TypeVar("_R", bound=SQLiteRecorder)

@@ -245,7 +245,7 @@ class Follower(EventSourcedProjection[TAggregateID]):
         ``start`` defaults to the position recorded for the leader.
         """
         if start is None:
-            start = self.recorder.max_tracking_id(leader_name)
+            start = self.recorded_position(leader_name)
         _LeaderFeed(self, leader_name, start).catch_up(stop=stop)
 
     def process_event(
@@ -504,8 +504,12 @@ class _LeaderFeed(Generic[TAggregateID]):
     follower's topics). Prompts are received from any thread; the work is done by one
     thread at a time. A prompt either asks the feed to read the leader's log after
     ``position`` or, with ``keep_recordings``, delivers the new events to process directly.
-    With ``adopt_recorded_position``, a batch refused because a later position is recorded
-    (another runner processed it) moves the feed on to that position instead of failing.
+
+    A batch is recorded only if nothing of it was recorded meanwhile (the tracking record
+    is a compare-and-set, see :class:`~eventsourcing.persistence.BatchTracking`). A batch
+    refused because another process recorded a later position is not an error: the feed
+    moves on to that position, and the policy's cached aggregates, which the other process
+    may have changed, are dropped.
     """
 
     def __init__(
@@ -516,7 +520,6 @@ class _LeaderFeed(Generic[TAggregateID]):
         *,
         keep_recordings: bool = False,
         max_inbox: int = 10_000,
-        adopt_recorded_position: bool = False,
     ):
         self.follower = follower
         self.leader_name = leader_name
@@ -524,7 +527,6 @@ class _LeaderFeed(Generic[TAggregateID]):
         self.stage = PULL
         self.keep_recordings = keep_recordings
         self.max_inbox = max_inbox
-        self.adopt_recorded_position = adopt_recorded_position
         self._lock = threading.Lock()
         self._must_read_log = False
         self._inbox: list[RecordingEvent[TAggregateID]] = []
@@ -652,25 +654,27 @@ class _LeaderFeed(Generic[TAggregateID]):
         """Process ``jobs`` and record them with the position ``last_id``, atomically."""
         follower = self.follower
         self.stage = PROCESS
-        if follower.processes_each_event:
-            for domain_event, tracking in jobs:
-                follower.process_event(domain_event, tracking)
-        elif jobs:
-            try:
+        try:
+            if follower.processes_each_event:
+                for domain_event, tracking in jobs:
+                    follower.process_event(domain_event, tracking)
+                    self.position = tracking.notification_id
+            elif jobs:
                 follower.process_events(jobs, Tracking(self.leader_name, last_id))
-            except IntegrityError:
-                if not (self.adopt_recorded_position and self._resynchronise()):
-                    raise
-                return
+        except IntegrityError:
+            if not self._resynchronise():
+                raise
+            return
         # With no jobs (all of other topics), moving on needs no write: the
         # notifications would be passed over again.
         self.position = last_id
 
     def _resynchronise(self) -> bool:
-        """After a conflict, adopt a position recorded by someone else, if there is one."""
+        """After a refused batch, adopt a position recorded by someone else, if any."""
         recorded = self.follower.recorder.max_tracking_id(self.leader_name)
         if recorded is not None and (self.position is None or recorded > self.position):
             self.position = recorded
+            self.follower.forget_policy_cache()
             return True
         return False
 
@@ -803,7 +807,6 @@ class _InProcessRunner(Runner[TAggregateID]):
                 follower.recorder.max_tracking_id(leader_name),
                 keep_recordings=self.keep_recordings,
                 max_inbox=max_inbox,
-                adopt_recorded_position=True,
             )
             feed.request_catch_up()
             self._feeds.setdefault(follower_name, []).append(feed)

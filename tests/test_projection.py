@@ -105,13 +105,7 @@ class PostgresCountsStore(PostgresTrackingRecorder):
     def _increment(self, name: str, tracking: Tracking) -> None:
         try:
             with self.datastore.transaction(commit=True) as curs:
-                curs.execute(
-                    self.insert_tracking_statement,
-                    (tracking.application_name, tracking.notification_id),
-                )
-                if curs.fetchone() is None:
-                    msg = f"Position {tracking} is recorded already"
-                    raise IntegrityError(msg)
+                self._insert_tracking(curs, tracking)
                 curs.execute(
                     SQL(
                         "INSERT INTO {0} AS c VALUES (%s, 1) "
