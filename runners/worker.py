@@ -265,9 +265,7 @@ class Worker:
 
     def _new_feed(self, entry: _Follower, leader: str) -> _LeaderFeed[Any]:
         position = entry.app.recorder.max_tracking_id(leader)
-        feed: _LeaderFeed[Any] = _LeaderFeed(
-            entry.app, leader, position, adopt_recorded_position=True
-        )
+        feed: _LeaderFeed[Any] = _LeaderFeed(entry.app, leader, position)
         feed.request_catch_up()
         return feed
 

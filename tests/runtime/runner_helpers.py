@@ -28,9 +28,12 @@ APPS = ("DogSchool", "Counters", "Totals")
 WAIT = 60.0
 
 
-def store_env(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, str]:
+def store_env(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest | None
+) -> dict[str, str]:
     """An environment giving each application a shareable store of ``kind``."""
     if kind == "postgres":
+        assert request is not None
         database = request.getfixturevalue("postgres_database")
         return {"PERSISTENCE_MODULE": "eventsourcing.postgres", **database.env}
     env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite"}

@@ -423,3 +423,107 @@ def test_no_reconnection_warnings_from_a_refusing_postgresql(
     with caplog.at_level(logging.DEBUG, logger="psycopg.pool"), pytest.raises(OperationalError):
         Application(env=env)
     assert not [r for r in caplog.records if "error connecting" in r.getMessage()]
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker's contract: policy errors, a second signal, a progress bar on a terminal
+
+
+def test_a_policy_error_stops_the_worker_with_exit_3_and_one_line(
+    tmp_path: Path, request: pytest.FixtureRequest, workers: Any
+) -> None:
+    env = store_env("sqlite_file", tmp_path, request)
+    worker = workers("Counters", env)
+    worker.wait_for("holding the lease")
+    apps = Apps(env)
+    try:
+        school = apps.get(DogSchool)
+        school.register("Fido")
+        school.register(FAILING_NAME)
+        assert worker.process is not None
+        assert worker.process.wait(30) == 3
+        lines = [line for line in worker.text().splitlines() if "ERROR" in line]
+        assert len(lines) == 2, worker.text()  # the worker's line, and the CLI's summary
+        assert "DogSchool notification 2" in lines[0]
+        assert "system_model.Dog.Registered" in lines[0]
+        assert "refused to count a dog named 'Refused'" in lines[0]
+        # Nothing of the failed batch was recorded.
+        assert apps.get(Counters).recorder.max_tracking_id("DogSchool") == 1
+    finally:
+        apps.close()
+
+
+def test_a_second_signal_exits_at_once_with_code_5(
+    tmp_path: Path, request: pytest.FixtureRequest, workers: Any
+) -> None:
+    env = store_env("sqlite_file", tmp_path, request)
+    apps = Apps(env)
+    try:
+        bulk_tricks(apps.get(DogSchool), dogs=5, tricks_per_save=500, saves=20)
+        worker = workers("Counters", env)
+        worker.wait_for("holding the lease")
+        assert worker.process is not None
+        worker.process.send_signal(15)
+        worker.process.send_signal(2)
+        assert worker.process.wait(10) == 5
+        assert "Second SIGINT: exiting at once" in worker.text()
+    finally:
+        apps.close()
+
+
+def test_a_worker_on_a_terminal_shows_a_progress_bar_while_catching_up(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import pty
+
+    env = store_env("sqlite_file", tmp_path, request)
+    apps = Apps(env)
+    try:
+        bulk_tricks(apps.get(DogSchool), dogs=5, tricks_per_save=500, saves=10)
+    finally:
+        apps.close()
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runners", "run", SYSTEM_TOPIC, "--app", "Counters"],
+        env={**os.environ, **env, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"},
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        cwd=ROOT,
+    )
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"Counters <- DogSchool" not in seen or b"ev/s" not in seen:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            seen += os.read(master, 4096)
+    finally:
+        process.terminate()
+        process.wait(10)
+        os.close(master)
+
+
+def test_workers_in_threads_prompted_through_kombu_memory_transport(tmp_path: Path) -> None:
+    import threading
+
+    from runners import Worker
+
+    env = {**store_env("sqlite_file", tmp_path, None), "PROMPT_TRANSPORT": "kombu+memory://"}
+    loops = [Worker(SYSTEM, [name], env, poll_interval=60) for name in ("Counters", "Totals")]
+    for loop in loops:
+        loop.open()  # listening before anything is saved: prompts alone must wake them
+    threads = [threading.Thread(target=w.run) for w in loops]
+    for thread in threads:
+        thread.start()
+    apps = Apps(env)
+    try:
+        expected = run_workload(apps.get(DogSchool), dogs=4, rounds=3)
+        wait_settled(apps, timeout=20)
+        assert_exactly_once(apps, expected)
+    finally:
+        apps.close()
+        for loop in loops:
+            loop.stop()
+        for thread in threads:
+            thread.join(10)
