@@ -78,6 +78,6 @@ class PolicyError(RunnerError):
         self.notification_id = notification_id
         self.event = event
         super().__init__(
-            f"{follower}'s policy failed on {leader} notification {notification_id} "
+            f"The policy of {follower!r} failed on {leader} notification {notification_id} "
             f"({event}): {cause}"
         )
