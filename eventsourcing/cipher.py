@@ -4,6 +4,7 @@ eventsourcing 9.x implemented this module with pycryptodome; here it is the impl
 of :mod:`eventsourcing.cryptography` (the ``cryptography`` package, installed with
 ``pip install eventsourcing[crypto]``) with this module's own message for a failed
 authentication check. Both write and read the same bytes: nonce(12) + tag(16) + ciphertext.
+9.5.6 difference: AES from the cryptography package.
 """
 
 from __future__ import annotations

@@ -365,13 +365,42 @@ class HasOriginatorIDVersion(AbstractDecision, Generic[TAggregateID]):
         if "originator_id_type" in cls.__dict__:  # declared in the class body
             return
         for base in cls.__dict__.get("__orig_bases__", ()):
-            origin = get_origin(base)
-            if isinstance(origin, type) and issubclass(origin, HasOriginatorIDVersion):
-                for arg in get_args(base):
-                    if arg is UUID or arg is str:
-                        cls.originator_id_type = arg
-                    elif not isinstance(arg, TypeVar) and arg is not Any:
-                        raise TypeError(f"Aggregate ID type arg cannot be {arg}")
+            arg = _id_type_argument(base)
+            if arg is UUID or arg is str:
+                cls.originator_id_type = arg
+            elif arg is not None and not isinstance(arg, TypeVar) and arg is not Any:
+                raise TypeError(f"Aggregate ID type arg cannot be {arg}")
+
+
+def _id_type_argument(base: Any) -> Any:
+    """Return what the generic base ``base`` gives as the originator id type, or None.
+
+    Only the argument for the id type's parameter counts: a generic event class may have
+    type parameters of its own, as in ``Something[Payload]`` (9.x's issue #295).
+    """
+    origin = get_origin(base)
+    if not (isinstance(origin, type) and issubclass(origin, HasOriginatorIDVersion)):
+        return None
+    param = _id_type_parameter(origin)
+    if param is None:
+        return None
+    params: tuple[Any, ...] = getattr(origin, "__parameters__", ())
+    return get_args(base)[params.index(param)]
+
+
+def _id_type_parameter(cls: type) -> TypeVar | None:
+    """Return the type parameter of generic ``cls`` that is its originator id type.
+
+    None when ``cls`` has no such parameter (its id type, if any, is fixed by a base).
+    """
+    if cls is HasOriginatorIDVersion:
+        param: TypeVar = getattr(cls, "__parameters__")[0]  # noqa: B009 (mypy doesn't know it)
+        return param
+    for base in cls.__dict__.get("__orig_bases__", ()):
+        arg = _id_type_argument(base)
+        if arg is not None:
+            return arg if isinstance(arg, TypeVar) else None
+    return None
 
 
 class CanMutateAggregate(HasOriginatorIDVersion[TAggregateID], CanCreateTimestamp):
@@ -441,7 +470,11 @@ def _init_params(cls: type) -> _InitParams:
 
 
 def _default_factories(cls: type) -> dict[str, Callable[[], Any]]:
-    """Return the default factories of ``cls``'s dataclass fields, by field name."""
+    """Return the default factories of ``cls``'s dataclass fields, by field name.
+
+    Their values are made when the aggregate is created, and recorded in its created event
+    (9.5.6 difference: default factory values recorded).
+    """
     fields = getattr(cls, "__dataclass_fields__", {})
     return {
         name: f.default_factory
@@ -593,7 +626,8 @@ def _make_binder(
     ``qualname``), and fills in defaults, calling ``factories`` for the parameters they
     name, so command methods and aggregate classes report argument errors as Python does.
     ``leading`` names extra parameters after ``self``. Parameters that cannot be passed
-    by name (``*args``, ``**kwargs``, positional-only) are left out.
+    by name (``*args``, ``**kwargs``, positional-only) are left out. Keyword-only parameters
+    keep their defaults (9.5.6 difference: keyword-only defaults honoured).
     """
     factories = factories or {}
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -786,7 +820,8 @@ class CommandMethodDecorator:
                     raise _argument_error(e) from None
                 aggregate.trigger_event(event_cls, **{k: v for k, v in bound.items() if k in names})
 
-        # Bound methods then show the method's name, docstring and signature.
+        # Bound methods then show the method's name, docstring and signature (9.5.6
+        # difference: command methods keep their signature).
         return update_wrapper(trigger, func)
 
     def trigger(self, aggregate: Any, *args: Any, **kwargs: Any) -> None:
@@ -928,7 +963,8 @@ def _check_decorated_property(prop: property, name_missing: bool) -> None:
         getter = cast(Callable[..., Any], prop.fget)
         raise TypeError(f"@event can't decorate {getter.__name__}() property getter")
     setter = prop.fset
-    if not isinstance(setter, FunctionType):  # e.g. decorated twice
+    # e.g. decorated twice (9.5.6 difference: misused decorators raise TypeError)
+    if not isinstance(setter, FunctionType):
         raise TypeError(f"{setter} is not a function or property")
     if name_missing:
         # An event named after a property ("Name") would not say what happened.
@@ -991,7 +1027,8 @@ def _init_binder(cls: Any) -> Any:
         init, qualname = (lambda self: None), "object.__init__"
     else:
         qualname = init.__qualname__
-    # An annotated 'id' is a leading argument, unless __init__ has an 'id' of its own.
+    # An annotated 'id' is a leading argument, unless __init__ has an 'id' of its own
+    # (9.5.6 difference: id annotation with an id parameter).
     takes_id = "id" in inspect.signature(init).parameters
     leading = ("id",) if cls.__dict__.get("_annotations_mention_id") and not takes_id else ()
     return _make_binder(init, qualname, leading, _default_factories(cls))
@@ -1204,8 +1241,11 @@ def _define_aggregate_class(cls: Any, created_event_name: str) -> None:
 
 
 def _check_not_redefined(cls: type) -> None:
-    """Refuse a class whose name its module already uses (classes in functions excepted)."""
-    if ENVVAR_DISABLE_REDEFINITION_CHECK in os.environ or "<locals>" in cls.__qualname__:
+    """Refuse a class whose name its module already uses, as 9.x does.
+
+    Classes defined in functions are checked too: their name is looked up in the module.
+    """
+    if ENVVAR_DISABLE_REDEFINITION_CHECK in os.environ:
         return
     module_globals = vars(sys.modules[cls.__module__]) if cls.__module__ in sys.modules else {}
     if cls.__name__ in module_globals:
@@ -1413,6 +1453,7 @@ def _command_decorator_of(cls: Any, attr: str, value: Any) -> CommandMethodDecor
         if value.decorated_func.__name__ == "__init__":
             return None
         if value.decorated_property is not None:  # @event over @x.setter
+            # The deleter is kept (9.5.6 difference: deleters of event properties).
             prop = value.decorated_property
             setattr(cls, attr, property(prop.fget, value, prop.fdel, prop.__doc__))
         return value

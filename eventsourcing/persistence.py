@@ -540,7 +540,7 @@ class BatchTracking(Tracking):
     may lie beyond the last, past notifications of other topics). The record is refused if
     any position from the batch's first notification on is recorded already: so when two
     processes work on one follower, a batch overlapping one the other recorded is refused
-    as a whole, and nothing is processed twice.
+    as a whole, and nothing is processed twice (9.5.6 difference: tracking compare-and-set).
     """
 
     processed_ids: tuple[int, ...] = ()

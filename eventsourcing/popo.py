@@ -97,7 +97,7 @@ class _Stream:
         return versions[i] == version
 
     def add(self, event: StoredEvent) -> None:
-        """Insert ``event`` in version order."""
+        """Insert ``event`` in version order (9.5.6 difference: POPO events in version order)."""
         version = event.originator_version
         versions = self.versions
         if not versions or version > versions[-1]:
@@ -398,7 +398,11 @@ class POPOFactory(InfrastructureFactory[POPOTrackingRecorder]):
         self, tracking_recorder_class: type[POPOTrackingRecorder] | None = None
     ) -> POPOTrackingRecorder:
         """Return a new tracking recorder: the given class, ``TRACKING_RECORDER_TOPIC``'s, or
-        :class:`POPOTrackingRecorder`."""
+        :class:`POPOTrackingRecorder`.
+
+        Any other class raises ``InfrastructureFactoryError`` (9.5.6 difference: POPO
+        factory errors).
+        """
         cls = self._recorder_class(
             self.TRACKING_RECORDER_TOPIC,
             POPOTrackingRecorder,

@@ -24,7 +24,8 @@ Environment variables (read through ``Environment.get``, so ``<APPNAME>_<KEY>`` 
 * ``SINGLE_ROW_TRACKING`` (default ``t``): one tracking row per upstream application, older
   multi-row tracking tables being migrated. ``POSTGRES_ENABLE_DB_FUNCTIONS`` (default no):
   also create the ``es_insert_events_<type>`` function that 9.x clients may call (our own
-  inserts don't use it: one function per id type can serve only one table per schema).
+  inserts don't use it: one function per id type can serve only one table per schema;
+  9.5.6 difference: PostgreSQL insert function unused).
 * ``APPLICATION_RECORDER_TOPIC``, ``TRACKING_RECORDER_TOPIC``, ``PROCESS_RECORDER_TOPIC``.
 
 Tables are named after the application (``<name>_events``, ``<name>_snapshots``,
@@ -47,6 +48,7 @@ Guarantees:
   a save is never applied twice (if the server can't be reached to look, the error says
   the outcome is unknown). An exhausted
   pool raises ``ConnectionUnavailableError``. Passwords never appear in messages or logs.
+  (9.5.6 difference: PostgreSQL retries and reconnection.)
 * Subscriptions: ``subscribe()`` is woken by ``LISTEN``/``NOTIFY``, so writers in any process
   (ours or ``eventsourcing`` 9.x) wake it.
 
@@ -388,23 +390,26 @@ class PostgresDatastore:
         self.single_row_tracking = single_row_tracking
         self.originator_id_type = _check_originator_id_type(originator_id_type, ValueError)
         self.enable_db_functions = enable_db_functions
+        #: Names of the composite types the recorders use (``stored_event_uuid``...).
+        self.db_type_names: set[str] = set()
         self._closed = False
         self._open_lock = threading.Lock()
         self._is_open = False
-        self.pool: ConnectionPool[Connection[DictRow]] = ConnectionPool(
-            get_password_func=get_password_func,
-            connection_class=Connection[DictRow],
-            kwargs=self._connect_kwargs(password),
-            min_size=pool_size,
-            max_size=pool_size + max_overflow,
-            open=False,
-            timeout=connect_timeout,
-            max_waiting=max_waiting,
-            max_lifetime=conn_max_age,
+        self._pool_kwargs: dict[str, Any] = {
+            "get_password_func": get_password_func,
+            "connection_class": Connection[DictRow],
+            "kwargs": self._connect_kwargs(password),
+            "min_size": pool_size,
+            "max_size": pool_size + max_overflow,
+            "open": False,
+            "timeout": connect_timeout,
+            "max_waiting": max_waiting,
+            "max_lifetime": conn_max_age,
             # Not psycopg_pool's check: it waits 1, 2, 4... s between dead connections,
             # so a pool of dead ones (after a restart) times out. See _checkout().
-            check=None,
-        )
+            "check": None,
+        }
+        self.pool: ConnectionPool[Connection[DictRow]] = ConnectionPool(**self._pool_kwargs)
 
     def _connect_kwargs(self, password: str) -> dict[str, Any]:
         timeout_ms = int(self.idle_in_transaction_session_timeout * 1000)
@@ -445,13 +450,20 @@ class PostgresDatastore:
 
     @contextmanager
     def get_connection(self) -> Iterator[Connection[DictRow]]:
-        """Lend a pooled connection; psycopg errors become the library's errors."""
+        """Lend a pooled connection; psycopg errors become the library's errors.
+
+        A transaction the caller began (``BEGIN``) and left open is committed when the
+        block ends without an error, and rolled back otherwise, as with 9.x; a commit
+        that fails (say, after ``idle_in_transaction_session_timeout``) raises.
+        """
         conn = self._checkout(_Backoff(self.connect_timeout))
         try:
             with self._translated():
                 yield conn
+                if conn.info.transaction_status in _OPEN_TRANSACTION:
+                    conn.commit()
         finally:
-            self.pool.putconn(conn)
+            self.pool.putconn(conn)  # the pool rolls back what is still open
 
     def _checkout(self, backoff: _Backoff) -> Connection[DictRow]:
         """Take a connection from the pool, waiting while the server can't be reached.
@@ -490,8 +502,30 @@ class PostgresDatastore:
                 )
             if not self._is_open:
                 wait = self.pool_open_timeout is not None
-                self.pool.open(wait, self.pool_open_timeout or 30.0)
+                try:
+                    self.pool.open(wait, self.pool_open_timeout or 30.0)
+                except psycopg.Error as e:
+                    raise self._open_failed(e) from e
                 self._is_open = True
+
+    def _open_failed(self, error: psycopg.Error) -> OperationalError:
+        """Explain why the pool didn't open in ``pool_open_timeout``; make a fresh pool.
+
+        psycopg_pool closes a pool that times out opening, and a closed pool can't be
+        opened again: the next use of the datastore tries again with a new one (9.5.6
+        difference: a pool that failed to open is replaced).
+        """
+        self.pool = ConnectionPool(**self._pool_kwargs)
+        try:
+            self.connect().close()
+        except _CantConnectError as e:
+            reason = str(e)
+        else:
+            reason = f"{self.describe()} accepted a connection only now ({error})"
+        return OperationalError(
+            f"The connection pool didn't open within pool_open_timeout="
+            f"{self.pool_open_timeout:g}s: {reason}"
+        )
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
@@ -517,6 +551,14 @@ class PostgresDatastore:
         return translate_error(error)
 
     def _pool_timeout_error(self) -> OperationalError:
+        # First see whether the server accepts connections at all (the pool counts the
+        # connections it is trying to make as its own): if not, say why.
+        try:
+            self.connect().close()
+        except _CantConnectError as e:
+            if e.permanent:
+                return OperationalError(str(e))  # e.g. a wrong password: retrying won't help
+            return _ServerUnreachableError(str(e))
         stats = self.pool.get_stats()
         if stats.get("pool_size", 0) >= self.pool.max_size and not stats.get("pool_available"):
             return ConnectionUnavailableError(
@@ -524,13 +566,6 @@ class PostgresDatastore:
                 f"{self.describe()}: all {self.pool.max_size} connections are in use "
                 "(raise POSTGRES_POOL_SIZE or POSTGRES_MAX_OVERFLOW, or POSTGRES_CONNECT_TIMEOUT)"
             )
-        # The pool could grow but didn't: the server isn't accepting connections. Say why.
-        try:
-            self.connect().close()
-        except _CantConnectError as e:
-            if e.permanent:
-                return OperationalError(str(e))  # e.g. a wrong password: retrying won't help
-            return _ServerUnreachableError(str(e))
         return ConnectionUnavailableError(
             f"Timed out after {self.pool.timeout}s waiting for a connection to "
             f"{self.describe()} (raise POSTGRES_CONNECT_TIMEOUT if the server is slow to accept)"
@@ -617,6 +652,9 @@ class PostgresDatastore:
             self.close()
 
 
+_OPEN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
+
+
 def _is_alive(conn: Connection[Any]) -> bool:
     try:
         ConnectionPool.check_connection(conn)
@@ -700,25 +738,53 @@ class PostgresRecorder:
         return SQL("{}.{}").format(self._schema, quoted(name))
 
     def create_table(self) -> None:
-        """Create the schema (if missing), then this recorder's types, tables and indexes."""
+        """Create the schema (if missing), then this recorder's types, tables and indexes.
+
+        Processes that start together over an empty database take turns: the tables are
+        created holding an advisory lock, because two ``CREATE TABLE IF NOT EXISTS`` of one
+        table at once can collide in PostgreSQL's catalogue.
+        (9.5.6 difference: tables created once by concurrent processes.)
+        """
         self.datastore.run(self._create_schema)
         for statement in self.sql_create_statements:
             if _is_create_type(statement):
                 self.datastore.run(partial(_create_type, statement=statement))
-        with self.datastore.transaction(commit=True) as curs:
-            self._create_table(curs)
+        try:
+            with self.datastore.transaction(commit=True) as curs:
+                curs.execute(_DDL_LOCK_STATEMENT, NO_PARAMS, prepare=False)
+                self._create_table(curs)
+        except PersistenceError as e:
+            raise self._create_table_error(e) from e.__cause__
+
+    def _create_table_error(self, error: PersistenceError) -> PersistenceError:
+        """The error of a failed table creation, without hints meant for saves."""
+        cause = error.__cause__
+        message = str(cause).strip() if isinstance(cause, psycopg.Error) else str(error)
+        return type(error)(
+            f"Failed to create the tables of {type(self).__name__} in {self.datastore.describe()}: "
+            f"{message}"
+        )
 
     def _create_schema(self, conn: Connection[DictRow]) -> None:
         found = conn.execute(
             "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.datastore.schema,)
         ).fetchone()
         if found is None:
-            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._schema), NO_PARAMS)
+            # Another process may create it at this moment: that is as good.
+            exists = (psycopg.errors.DuplicateSchema, psycopg.errors.UniqueViolation)
+            with contextlib.suppress(*exists):
+                conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._schema), NO_PARAMS)
 
     def _create_table(self, curs: Cursor[DictRow]) -> None:
         for statement in self.sql_create_statements:
             if not _is_create_type(statement):
                 curs.execute(statement, NO_PARAMS, prepare=False)
+
+
+# Serialises the table creation of every process on one database (a fixed key: the
+# bytes of "es_ddl!" as a number), see PostgresRecorder.create_table.
+_DDL_LOCK_KEY = int.from_bytes(b"es_ddl!", "big")
+_DDL_LOCK_STATEMENT = SQL(f"SELECT pg_advisory_xact_lock({_DDL_LOCK_KEY})")
 
 
 def _is_create_type(statement: Composable) -> bool:
@@ -756,6 +822,7 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
             f"{events_table_name}_notification_id_idx"
         )
         self.stored_event_type_name = f"stored_event_{datastore.originator_id_type}"
+        datastore.db_type_names.add(self.stored_event_type_name)
         self._is_uuid = datastore.originator_id_type == "uuid"
         self._table = self.qualified(events_table_name)
         self.create_table_statement_index = len(self.sql_create_statements)
@@ -777,6 +844,15 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
         # A subclass that extends _insert_events (9.x's way to write rows of its own with
         # the events) is called inside the transaction; others take the faster paths.
         self._has_insert_hook = type(self)._insert_events not in _LIBRARY_INSERT_EVENTS
+
+    def construct_pg_stored_event(
+        self, originator_id: UUID | str, originator_version: int, topic: str, state: bytes
+    ) -> PgStoredEvent:
+        """Return a row of the ``stored_event_<type>`` composite type, as 9.x does.
+
+        A list of them can be passed as the parameter of ``unnest(%s::<schema>.<type>[])``.
+        """
+        return PgStoredEvent(originator_id, originator_version, topic, state)
 
     def _create_events_table_statement(self, with_notification_id: bool) -> Composed:
         notification_id = "notification_id bigserial, " if with_notification_id else ""
@@ -1553,11 +1629,17 @@ class PostgresSubscription(ListenNotifySubscription[PostgresApplicationRecorder]
                     self._reconnect()
         except BaseException as e:
             if self._thread_error is None:
-                self._thread_error = e
+                self._thread_error = self._library_error(e)
             self.stop()
         finally:
             if self._listen_conn is not None:
                 self._listen_conn.close()
+
+    def _library_error(self, error: BaseException) -> BaseException:
+        """Return ``error``, as the library's error if it is psycopg's (the user sees it)."""
+        if isinstance(error, psycopg.Error):
+            return self._recorder.datastore.translate(error)
+        return error
 
     def _wait_for_notifies(self) -> None:
         assert self._listen_conn is not None
@@ -1613,6 +1695,9 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
         self.tracking_table_name = tracking_table_name
         self._tracking_table = self.qualified(tracking_table_name)
         self._multi_row_checked = False
+        self.tracking_table_exists = False
+        self.tracking_migration_previous: int | None = None
+        self.tracking_migration_current: int | None = None
         primary_key = "application_name" if datastore.single_row_tracking else (
             "application_name, notification_id"
         )
@@ -1651,10 +1736,20 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
         ).format(self._tracking_table)
 
     def create_table(self) -> None:
-        """Create (or migrate) the tracking table, and the base classes' tables."""
+        """Create (or migrate) the tracking table, and the base classes' tables.
+
+        Notes what it found as 9.x does: ``tracking_table_exists``, and the layout version
+        before and after (``tracking_migration_previous`` and ``_current``: 1 for the
+        single-row layout, None for the multi-row one).
+        """
         self.datastore.run(self._create_schema)
         migration = self._migration_state()
+        self.tracking_table_exists = migration != "absent"
+        previous = None if migration == "absent" else migration
+        self.tracking_migration_previous = self.tracking_migration_current = previous
         super().create_table()
+        if self.datastore.single_row_tracking:
+            self.tracking_migration_current = 1
         if not self.datastore.single_row_tracking and migration not in (None, "absent"):
             raise OperationalError(
                 "Can't do multi-row tracking with single-row tracking table "

@@ -279,6 +279,7 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
     ``POLICY_CACHE_MAXSIZE``; 0 turns this off). They are checked by the store as any
     save is: if one turns out to be out of date (another writer changed it), the version
     conflict makes the batch run once more, with every aggregate loaded from the store.
+    9.5.6 difference: policy cache.
     """
 
     topics: Sequence[str] = ()

@@ -689,8 +689,18 @@ class SQLiteRecorder(Recorder):
         return []
 
     def create_table(self) -> None:
-        """Create this recorder's tables if they do not exist, in one transaction."""
-        self.datastore.write(self._create_table, transaction=True)
+        """Create this recorder's tables if they do not exist, in one transaction.
+
+        Processes starting together over a new database file take turns (the transaction
+        takes SQLite's write lock first, waiting up to the lock timeout).
+        """
+        try:
+            self.datastore.write(self._create_table, transaction=True)
+        except PersistenceError as e:
+            # Without the hints meant for saves (a failed CREATE is no version conflict).
+            cause = e.__cause__ if isinstance(e.__cause__, sqlite3.Error) else e
+            msg = f"Failed to create the tables of {type(self).__name__}: {cause}"
+            raise type(e)(msg) from e.__cause__
 
     def _create_table(self, cursor: sqlite3.Cursor) -> None:
         for statement in self.create_table_statements:
@@ -1043,7 +1053,10 @@ class SQLiteApplicationRecorder(SQLiteAggregateRecorder, ApplicationRecorder):
         return rows[0][0]  # type: ignore[no-any-return]
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> SQLiteSubscription:
-        """Return a subscription to notifications after ``gt``, filtered by ``topics``."""
+        """Return a subscription to notifications after ``gt``, filtered by ``topics``.
+
+        9.5.6 difference: SQLite subscriptions.
+        """
         return SQLiteSubscription(recorder=self, gt=gt, topics=topics)
 
     def _get_select_notifications_statement(
@@ -1159,10 +1172,6 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
             f"PRIMARY KEY ({key})) "
             "WITHOUT ROWID",
         ]
-
-    def create_table(self) -> None:
-        """Create (or migrate) the tables, in one transaction."""
-        self.datastore.write(self._create_table, transaction=True)
 
     def insert_tracking(self, tracking: Tracking) -> None:
         """Record that ``tracking.notification_id`` has been processed."""

@@ -25,8 +25,10 @@ runner                            where processing runs       what a prompt deli
 ================================  ==========================  ============================
 
 When a prompt carries events, they are used as they are unless they do not continue from the
-follower's position, in which case the gap is read from the log first. Every runner catches
-up with the backlog when it starts, and can be stopped and started again.
+follower's position, in which case the gap is read from the log first. Notification ids
+decide, not the order prompts arrive in (9.5.6 difference: prompts judged by notification
+id). Every runner catches up with the backlog when it starts, and can be stopped and started
+again.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from queue import Full, Queue
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, cast
 
 from eventsourcing.application import (
@@ -61,6 +64,8 @@ if TYPE_CHECKING:
     from typing import Self
 
 __all__ = [
+    "ConvertingJob",
+    "ConvertingThread",
     "EventProcessingError",
     "Follower",
     "Leader",
@@ -73,6 +78,8 @@ __all__ = [
     "NotificationPullingError",
     "ProcessApplication",
     "ProcessingJob",
+    "ProcessingThread",
+    "PullingThread",
     "RecordingEvent",
     "RecordingEventReceiver",
     "Runner",
@@ -177,10 +184,13 @@ class Follower(EventSourcedProjection[TAggregateID]):
     ``process_batch_size`` notifications (environment variable ``PROCESS_BATCH_SIZE``), each
     batch recorded in one transaction with one tracking record.
 
+    A follower whose recorder extends ``_insert_events`` (to write rows of its own from the
+    keyword arguments a policy collects) processes one notification per transaction.
+
     Within a batch the policy's ``repository.get()`` sees what the policy did earlier in
     the batch; other reads (the follower's own notification log, a query on its recorder)
     see only what is recorded, that is, not the rest of the batch. Set the batch size to 1
-    where a policy depends on such reads.
+    where a policy depends on such reads. 9.5.6 difference: processing in batches.
 
     ``topics``, when set, restricts processing to events of those topics (the legacy class
     attribute ``follow_topics`` is accepted too).
@@ -202,6 +212,12 @@ class Follower(EventSourcedProjection[TAggregateID]):
         self.mappers: dict[str, Mapper[TAggregateID]] = {}
         self.is_threading_enabled = False
         self.process_batch_size = self._env_batch_size()
+        if getattr(self.recorder, "_has_insert_hook", False):
+            # A recorder that extends _insert_events reads the keyword arguments a policy
+            # collects with its events, which are per notification (as in 9.x): batching
+            # would merge them, so each notification gets a transaction of its own
+            # (9.5.6 difference: one notification per transaction with an insert hook).
+            self.process_batch_size = 1
         # A subclass that overrides process_event() gets it called for each event.
         self.processes_each_event = type(self).process_event is not Follower.process_event
 
@@ -509,7 +525,7 @@ class _LeaderFeed(Generic[TAggregateID]):
     is a compare-and-set, see :class:`~eventsourcing.persistence.BatchTracking`). A batch
     refused because another process recorded a later position is not an error: the feed
     moves on to that position, and the policy's cached aggregates, which the other process
-    may have changed, are dropped.
+    may have changed, are dropped (9.5.6 difference: refused batches are not errors).
     """
 
     def __init__(
@@ -574,7 +590,11 @@ class _LeaderFeed(Generic[TAggregateID]):
             self.stage = PULL
             notifications, exhausted = self._pull(stop, batch_size)
             for i in range(0, len(notifications), batch_size):
-                self._process_notifications(notifications[i : i + batch_size])
+                if not self._process_notifications(notifications[i : i + batch_size]):
+                    # Refused: another process recorded a position, perhaps inside this
+                    # batch. What it didn't process must be read again from there.
+                    exhausted = False
+                    break
             if exhausted or should_stop():
                 return
 
@@ -596,12 +616,13 @@ class _LeaderFeed(Generic[TAggregateID]):
                 return pulled, False
         return pulled, True
 
-    def _process_notifications(self, notifications: Sequence[Notification]) -> None:
+    def _process_notifications(self, notifications: Sequence[Notification]) -> bool:
+        """Process and record a batch; say whether it was recorded (not refused)."""
         follower = self.follower
         self.stage = CONVERT
         selected = follower.filter_received_notifications(notifications)
         jobs = follower.convert_notifications(self.leader_name, selected)
-        self._record(jobs, notifications[-1].id)
+        return self._record(jobs, notifications[-1].id)
 
     def _process_recording_events(
         self,
@@ -646,12 +667,18 @@ class _LeaderFeed(Generic[TAggregateID]):
     def _flush(self, jobs: list[ProcessingJob[TAggregateID]], horizon: int) -> int:
         """Record the jobs taken so far, up to ``horizon``; return the new position."""
         if horizon > (self.position or 0):
-            self._record(list(jobs), horizon)
+            if not self._record(list(jobs), horizon):
+                # Refused: what another process left undone is read from the log.
+                self.request_catch_up()
             jobs.clear()
         return self.position or 0
 
-    def _record(self, jobs: list[ProcessingJob[TAggregateID]], last_id: int) -> None:
-        """Process ``jobs`` and record them with the position ``last_id``, atomically."""
+    def _record(self, jobs: list[ProcessingJob[TAggregateID]], last_id: int) -> bool:
+        """Process ``jobs`` and record them with the position ``last_id``, atomically.
+
+        Return False if the batch was refused because another process had recorded a
+        later position meanwhile (which is then the feed's position).
+        """
         follower = self.follower
         self.stage = PROCESS
         try:
@@ -664,10 +691,11 @@ class _LeaderFeed(Generic[TAggregateID]):
         except IntegrityError:
             if not self._resynchronise():
                 raise
-            return
+            return False
         # With no jobs (all of other topics), moving on needs no write: the
         # notifications would be passed over again.
         self.position = last_id
+        return True
 
     def _resynchronise(self) -> bool:
         """After a refused batch, adopt a position recorded by someone else, if any."""
@@ -929,7 +957,8 @@ class NewSingleThreadedRunner(SingleThreadedRunner[TAggregateID]):
     """A :class:`SingleThreadedRunner` whose followers process the events a prompt carries.
 
     The log is read only to fill a gap (events recorded without a prompt reaching the
-    follower); a prompt older than one already seen is ignored.
+    follower); a prompt older than one already seen is ignored. 9.5.6 difference: New
+    runners' internals.
     """
 
     keep_recordings = True
@@ -1093,7 +1122,8 @@ class NewMultiThreadedRunner(
 
     The log is read only to fill a gap. Errors are reported by stage, as
     :class:`NotificationPullingError`, :class:`NotificationConvertingError` or
-    :class:`EventProcessingError`.
+    :class:`EventProcessingError`. 9.5.6 difference: New runners' internals (one thread
+    per follower, no :class:`PullingThread` or :class:`ConvertingThread`).
     """
 
     keep_recordings = True
@@ -1110,3 +1140,207 @@ class NewMultiThreadedRunner(
             thread = self.threads.get(follower_name)
             if thread is not None:
                 thread.receive_recording_event(new_recording_event)
+
+
+# ---------------------------------------------------------------------------
+# Pipeline threads: the building blocks of 9.x's NewMultiThreadedRunner, for code that
+# assembles its own pipeline (our runners use _LeaderFeed instead)
+# ---------------------------------------------------------------------------
+
+#: What a :class:`PullingThread` passes on: new events as a leader delivered them, a list
+#: of notifications read from its log, or None to stop.
+ConvertingJob = RecordingEvent[TAggregateID] | Sequence[Notification] | None
+
+
+class _PipelineThread(threading.Thread):
+    """A daemon thread that takes jobs from a queue until it is stopped or fails.
+
+    A failure is kept in ``error``, wrapped in ``error_class`` with the original as its
+    cause, and ``has_errored`` is set.
+    """
+
+    error_class: ClassVar[type[Exception]] = EventProcessingError
+
+    def __init__(self, has_errored: threading.Event, name: str) -> None:
+        super().__init__(daemon=True, name=name)
+        self.error: Exception | None = None
+        self.has_errored = has_errored
+        self.is_stopping = threading.Event()
+        self.has_started = threading.Event()
+
+    def run(self) -> None:
+        """Do the work until stopped; keep the first error and signal it."""
+        self.has_started.set()
+        try:
+            self._work()
+        except Exception as error:
+            self.error = self.error_class(str(error))
+            self.error.__cause__ = error
+            self.has_errored.set()
+
+    @abstractmethod
+    def _work(self) -> None:
+        """Take and do jobs until told to stop."""
+
+
+class PullingThread(_PipelineThread, Generic[TAggregateID]):
+    """Passes one leader's new events on to a converting queue, in notification id order.
+
+    The leader prompts it (:meth:`receive_recording_event`) with the events it recorded.
+    Events at or before the last notification id passed on are dropped as seen; anything
+    before a prompt's first event that no prompt delivered is read from the leader's log
+    first and passed on as lists of notifications. Ids decide, not the order in which
+    prompts arrive, so an out-of-order prompt is never lost (9.5.6 difference: prompts
+    judged by notification id). At most 100
+    prompts wait; more set ``overflow_event`` and are dropped, to be read from the log.
+    Errors are :class:`NotificationPullingError`.
+    """
+
+    error_class = NotificationPullingError
+
+    def __init__(
+        self,
+        converting_queue: Queue[ConvertingJob[TAggregateID]],
+        follower: Follower[Any],
+        leader_name: str,
+        has_errored: threading.Event,
+    ):
+        """Pass ``leader_name``'s events for ``follower`` on to ``converting_queue``."""
+        super().__init__(has_errored, name=f"{follower.name} pulling {leader_name}")
+        self.converting_queue = converting_queue
+        self.follower = follower
+        self.leader_name = leader_name
+        self.overflow_event = threading.Event()
+        self.recording_event_queue: Queue[RecordingEvent[TAggregateID] | None] = Queue(100)
+        self.mapper = follower.mappers[leader_name]
+        self.previous_max_notification_id = follower.recorder.max_tracking_id(leader_name)
+
+    def _work(self) -> None:
+        while not self.is_stopping.is_set():
+            recording_event = self.recording_event_queue.get()
+            if recording_event is None:
+                return
+            self._pass_on(recording_event)
+
+    def _pass_on(self, recording_event: RecordingEvent[TAggregateID]) -> None:
+        recordings = self._unseen(recording_event.recordings)
+        if not recordings:
+            return
+        first_id = recordings[0].notification.id
+        previous = recording_event.previous_max_notification_id
+        position = self.previous_max_notification_id or 0
+        if previous is None or previous > position or first_id > position + 1:
+            self._pull(stop=first_id - 1)
+            recordings = self._unseen(recordings)
+        self.converting_queue.put(RecordingEvent(self.leader_name, recordings, position))
+        self.previous_max_notification_id = recordings[-1].notification.id
+
+    def _unseen(self, recordings: list[Recording[TAggregateID]]) -> list[Recording[TAggregateID]]:
+        position = self.previous_max_notification_id or 0
+        return [r for r in recordings if r.notification.id > position]
+
+    def _pull(self, stop: int) -> None:
+        """Pass on what the leader's log holds after the position, up to ``stop``."""
+        for notifications in self.follower.pull_notifications(
+            self.leader_name,
+            start=self.previous_max_notification_id,
+            stop=stop,
+            inclusive_of_start=False,
+        ):
+            self.converting_queue.put(notifications)
+            self.previous_max_notification_id = notifications[-1].id
+
+    def receive_recording_event(self, recording_event: RecordingEvent[TAggregateID]) -> None:
+        """Queue a prompt of the leader without blocking (see ``overflow_event``)."""
+        try:
+            self.recording_event_queue.put(recording_event, timeout=0)
+        except Full:
+            self.overflow_event.set()
+
+    def stop(self) -> None:
+        """Ask the thread to finish."""
+        self.is_stopping.set()
+        self.recording_event_queue.put(None)
+
+
+class ConvertingThread(_PipelineThread, Generic[TAggregateID]):
+    """Turns what a :class:`PullingThread` passes on into processing jobs for the follower.
+
+    Each job is a ``(domain_event, tracking)`` pair; events of topics the follower does not
+    follow are left out. Errors are :class:`NotificationConvertingError`.
+    """
+
+    error_class = NotificationConvertingError
+
+    def __init__(
+        self,
+        converting_queue: Queue[ConvertingJob[TAggregateID]],
+        processing_queue: Queue[list[ProcessingJob[TAggregateID]] | None],
+        follower: Follower[Any],
+        leader_name: str,
+        has_errored: threading.Event,
+    ):
+        """Convert ``leader_name``'s events from ``converting_queue`` to ``processing_queue``."""
+        super().__init__(has_errored, name=f"{follower.name} converting {leader_name}")
+        self.converting_queue = converting_queue
+        self.processing_queue = processing_queue
+        self.follower = follower
+        self.leader_name = leader_name
+        self.mapper = follower.mappers[leader_name]
+
+    def _work(self) -> None:
+        while True:
+            job = self.converting_queue.get()
+            if job is None or self.is_stopping.is_set():
+                return
+            processing_jobs = self._convert(job)
+            if processing_jobs:
+                self.processing_queue.put(processing_jobs)
+
+    def _convert(
+        self, job: RecordingEvent[TAggregateID] | Sequence[Notification]
+    ) -> list[ProcessingJob[TAggregateID]]:
+        if not isinstance(job, RecordingEvent):
+            return self.follower.convert_notifications(self.leader_name, job)
+        topics = self.follower.topics
+        return [
+            (r.domain_event, Tracking(job.application_name, r.notification.id))
+            for r in job.recordings
+            if not topics or r.notification.topic in topics
+        ]
+
+    def stop(self) -> None:
+        """Ask the thread to finish."""
+        self.is_stopping.set()
+        self.converting_queue.put(None)
+
+
+class ProcessingThread(_PipelineThread, Generic[TAggregateID]):
+    """Has the follower process each job from a processing queue, one event at a time.
+
+    Errors are :class:`EventProcessingError`.
+    """
+
+    def __init__(
+        self,
+        processing_queue: Queue[list[ProcessingJob[TAggregateID]] | None],
+        follower: Follower[Any],
+        has_errored: threading.Event,
+    ):
+        """Process ``follower``'s jobs from ``processing_queue``."""
+        super().__init__(has_errored, name=f"{follower.name} processing")
+        self.processing_queue = processing_queue
+        self.follower = follower
+
+    def _work(self) -> None:
+        while True:
+            jobs = self.processing_queue.get()
+            if jobs is None or self.is_stopping.is_set():
+                return
+            for domain_event, tracking in jobs:
+                self.follower.process_event(domain_event, tracking)
+
+    def stop(self) -> None:
+        """Ask the thread to finish."""
+        self.is_stopping.set()
+        self.processing_queue.put(None)

@@ -65,7 +65,8 @@ REQUIRED = {
     "ProcessApplication System Runner SingleThreadedRunner NewSingleThreadedRunner "
     "MultiThreadedRunner NewMultiThreadedRunner RunnerAlreadyStartedError "
     "NotificationPullingError NotificationConvertingError EventProcessingError "
-    "NotificationLogReader",
+    "NotificationLogReader PullingThread ConvertingThread ProcessingThread ConvertingJob",
+    "eventsourcing.tests.postgres_utils": "drop_tables pg_close_all_connections",
 }
 
 

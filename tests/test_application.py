@@ -1,7 +1,8 @@
 """Application: configuration, save, snapshots, caching, notification log, event-sourced log.
 
 Every behaviour is checked against POPO and against SQLite (a file database and a shared
-in-memory database). Environment variables are set only through ``monkeypatch``.
+in-memory database), and the shipped reusable test cases against PostgreSQL too.
+Environment variables are set only through ``monkeypatch``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 import pytest
+from conftest import PostgresDatabase
 
 from eventsourcing.application import (
     AggregateNotFoundError,
@@ -170,6 +172,18 @@ class WithSQLiteMemory:
         monkeypatch.setenv("SQLITE_DBNAME", sqlite_memory_uri())
 
 
+class WithPostgres:
+    expected_factory_topic = "eventsourcing.postgres:PostgresFactory"
+
+    @pytest.fixture(autouse=True)
+    def _persistence(
+        self, monkeypatch: pytest.MonkeyPatch, postgres_database: PostgresDatabase
+    ) -> None:
+        monkeypatch.setenv("PERSISTENCE_MODULE", "eventsourcing.postgres")
+        for key, value in postgres_database.env.items():
+            monkeypatch.setenv(key, value)
+
+
 class TestExampleApplicationPOPO(WithPOPO, reusable.ExampleApplicationTestCase):
     pass
 
@@ -182,6 +196,10 @@ class TestExampleApplicationSQLiteMemory(WithSQLiteMemory, reusable.ExampleAppli
     pass
 
 
+class TestExampleApplicationPostgres(WithPostgres, reusable.ExampleApplicationTestCase):
+    pass
+
+
 class TestApplicationPOPO(WithPOPO, reusable.ApplicationTestCase):
     pass
 
@@ -191,6 +209,10 @@ class TestApplicationSQLiteFile(WithSQLiteFile, reusable.ApplicationTestCase):
 
 
 class TestApplicationSQLiteMemory(WithSQLiteMemory, reusable.ApplicationTestCase):
+    pass
+
+
+class TestApplicationPostgres(WithPostgres, reusable.ApplicationTestCase):
     pass
 
 

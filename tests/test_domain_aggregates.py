@@ -1,7 +1,8 @@
 """Tests for eventsourcing.domain aggregates: API.md sections 3.5, 3.6, 3.8, 3.10, 3.11.
 
-Classes are defined inside the test functions, where the redefinition check does not apply
-(it is tested with throwaway modules at the end).
+Classes are defined inside the test functions, under names this module doesn't use (the
+redefinition check, which looks names up in the module, is tested with throwaway modules at
+the end).
 """
 
 from __future__ import annotations
@@ -1404,16 +1405,25 @@ def test_redefinition_check_covers_any_global(
         import_module_from_source(tmp_path, monkeypatch, "es_redefined_nested", nested)
 
 
-def test_redefinition_check_ignores_classes_in_functions(
+def test_redefinition_check_covers_classes_in_functions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # As in 9.5.6: a class made in a function may not take a name its module uses.
     monkeypatch.delenv("EVENTSOURCING_DISABLE_REDEFINITION_CHECK", raising=False)
     source = (
         "from eventsourcing.domain import Aggregate\n"
         "class Dog(Aggregate):\n    pass\n"
-        "def make():\n    class Dog(Aggregate):\n        pass\n    return Dog\n"
-        "made = make()\n"
+        "def make(name):\n    return type(name, (Aggregate,), {})\n"
+        "def make_dog():\n    class Dog(Aggregate):\n        pass\n    return Dog\n"
     )
-    module = import_module_from_source(tmp_path, monkeypatch, "es_not_redefined", source)
-    assert module.made is not module.Dog
-    assert module.made.__qualname__ == "make.<locals>.Dog"
+    module = import_module_from_source(tmp_path, monkeypatch, "es_local", source)
+    monkeypatch.setitem(sys.modules, "es_local", module)
+    with pytest.raises(ProgrammingError) as cm:
+        module.make_dog()
+    assert str(cm.value) == (
+        "Name 'Dog' of <class 'es_local.make_dog.<locals>.Dog'> already defined in "
+        "'es_local' module: <class 'es_local.Dog'>"
+    )
+    assert module.make("Cat") is not module.make("Cat")  # other names, any number of times
+    monkeypatch.setenv("EVENTSOURCING_DISABLE_REDEFINITION_CHECK", "y")
+    assert module.make_dog() is not module.Dog

@@ -19,6 +19,7 @@ import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 from threading import Event, Thread
 from timeit import timeit
@@ -814,10 +815,21 @@ class InfrastructureFactoryTestCase(ABC, TestCase, Generic[_TInfrastructureFacto
 
 
 def tmpfile_uris() -> Iterator[str]:
-    """Yield ``file:`` URIs of new files in a temporary directory (removed when closed)."""
-    with tempfile.TemporaryDirectory(prefix="eventsourcing_test_") as directory:
-        for i in range(1_000_000):
-            yield "file:" + str(Path(directory) / f"{i}_eventsourcing_test.db")
+    """Yield ``file:`` URIs of new database files, without end.
+
+    As with 9.x, a URI stays usable after the generator is gone (a ``setUp()`` may keep
+    only the URI): the files are in one temporary directory for the whole process, which
+    is removed when the process exits (9.5.6 difference: test files kept until exit).
+    """
+    directory = Path(_test_files_directory().name)
+    while True:
+        yield "file:" + str(directory / f"{uuid4().hex}_eventsourcing_test.db")
+
+
+@cache
+def _test_files_directory() -> tempfile.TemporaryDirectory[str]:
+    # Kept for the life of the process; TemporaryDirectory removes it at exit.
+    return tempfile.TemporaryDirectory(prefix="eventsourcing_test_")
 
 
 # ---------------------------------------------------------------------------------------------
