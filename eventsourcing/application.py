@@ -590,11 +590,13 @@ class PromptPublisher:
 
     The transport is named by ``PROMPT_TRANSPORT`` (``redis://...``, ``kombu+<broker url>``,
     ``postgres``) and found through the entry-point group ``eventsourcing.prompt_transports``
-    by the value's scheme; the runners package registers its transports there. A prompt is
-    only a wake-up, so publishing never fails a command that has committed: a failure is
-    logged once (and its recovery once), and for a second after a failure prompts are
-    dropped rather than slowing every save with another attempt. Followers catch up by
-    polling meanwhile.
+    by the value's scheme; the runners package registers its transports there.
+
+    :meth:`publish` only notes the new id; a thread of the publisher sends the prompts, so a
+    save never waits for the broker's round trip, and prompts of saves made meanwhile are
+    coalesced into one. A prompt is only a wake-up, so publishing never fails a command: a
+    failure is logged once (and its recovery once), and for a second after a failure prompts
+    are dropped rather than tried again. Followers catch up by polling meanwhile.
     """
 
     ENTRY_POINT_GROUP = "eventsourcing.prompt_transports"
@@ -605,7 +607,11 @@ class PromptPublisher:
         """Publish through ``transport``, described as ``description`` in log lines."""
         self.transport = transport
         self.description = description or type(transport).__name__
-        self._lock = threading.Lock()
+        self._condition = threading.Condition()
+        self._pending: dict[str, int] = {}
+        self._sender: threading.Thread | None = None
+        self._sender_pid = 0
+        self._closed = False
         self._failing = False
         self._retry_at = 0.0
 
@@ -652,12 +658,38 @@ class PromptPublisher:
         raise ValueError(msg)
 
     def publish(self, application_name: str, notification_id: int) -> None:
-        """Publish a prompt; log (once) instead of raising if the transport fails."""
+        """Note that ``application_name`` has notifications up to ``notification_id``."""
+        with self._condition:
+            if notification_id > self._pending.get(application_name, 0):
+                self._pending[application_name] = notification_id
+            self._condition.notify()
+            # A forked child inherits the attribute but not the thread: start its own.
+            if self._sender is None or self._sender_pid != os.getpid():
+                self._start_sender()
+
+    def _start_sender(self) -> None:
+        self._sender_pid = os.getpid()
+        self._sender = threading.Thread(
+            target=self._send_pending, name="prompt publisher", daemon=True
+        )
+        self._sender.start()
+
+    def _send_pending(self) -> None:
+        while True:
+            with self._condition:
+                while not self._pending and not self._closed:
+                    self._condition.wait()
+                if not self._pending:
+                    return
+                pending, self._pending = self._pending, {}
+            for application_name, notification_id in pending.items():
+                self._send(application_name, notification_id)
+
+    def _send(self, application_name: str, notification_id: int) -> None:
         if self._failing and time.monotonic() < self._retry_at:
             return
         try:
-            with self._lock:
-                self.transport.publish(application_name, notification_id)
+            self.transport.publish(application_name, notification_id)
         except Exception as error:
             self._retry_at = time.monotonic() + self.RETRY_AFTER
             if not self._failing:
@@ -676,7 +708,13 @@ class PromptPublisher:
                            application_name, self.description)  # fmt: skip
 
     def close(self) -> None:
-        """Close the transport."""
+        """Send what is pending (waiting up to a second), then close the transport."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        sender = self._sender
+        if sender is not None and sender is not threading.current_thread():
+            sender.join(timeout=1.0)
         with suppress(Exception):
             self.transport.close()
 

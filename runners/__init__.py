@@ -1,14 +1,12 @@
 """Every runner of a System, from one thread to worker processes on many machines.
 
-=========================  ===============================  ==================================
-runner                     applications                     prompts
-=========================  ===============================  ==================================
-SingleThreadedRunner       one process, inside save()       direct call
-MultiThreadedRunner        one thread per follower          in-process events
-MultiProcessRunner         one OS process per follower      PROMPT_TRANSPORT, else queues
-Worker (the CLI's ``run``)  one loop per worker, any machine  PROMPT_TRANSPORT (Redis Streams,
-                                                            kombu, LISTEN/NOTIFY), or polling
-=========================  ===============================  ==================================
+- :class:`SingleThreadedRunner` (one process, processing inside ``save()``) and
+  :class:`MultiThreadedRunner` (a thread per follower), with their ``New*`` variants;
+- :class:`MultiProcessRunner`: an OS process per follower, prompted through
+  ``PROMPT_TRANSPORT`` or multiprocessing queues;
+- :class:`Worker`: the loop behind ``eventsourcing-runner run``, one per application on any
+  machine, prompted through ``PROMPT_TRANSPORT`` (Redis Streams, kombu, LISTEN/NOTIFY) or
+  polling.
 
 The in-process runners live in :mod:`eventsourcing.system` (for compatibility) and are
 re-exported here, so that this is the one place to pick any runner from.
@@ -23,7 +21,6 @@ from eventsourcing.system import (
 )
 from runners.errors import (
     ConfigurationError,
-    LeaseLostError,
     NotShareableError,
     PolicyError,
     PromptTransportError,
@@ -38,7 +35,6 @@ from runners.worker import Worker
 
 __all__ = [
     "ConfigurationError",
-    "LeaseLostError",
     "MultiProcessRunner",
     "MultiThreadedRunner",
     "NewMultiThreadedRunner",

@@ -9,7 +9,6 @@
      │    ├── PromptTransportError    a bad PROMPT_TRANSPORT value
      │    └── NotShareableError       a store other processes can't reach (POPO, :memory:)
      ├── TransportConnectionError     the broker can't be reached (retried, never fatal)
-     ├── LeaseLostError               another worker may now hold the lease
      └── PolicyError                  a follower's policy raised; names leader, id and event
 
 Transports translate their driver's errors (``redis.*``, ``kombu``'s connection errors,
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
-    "LeaseLostError",
     "NotShareableError",
     "PolicyError",
     "PromptTransportError",
@@ -58,10 +56,6 @@ class NotShareableError(ConfigurationError):
 
 class TransportConnectionError(RunnerError):
     """The prompt transport's server can't be reached; workers poll until it is back."""
-
-
-class LeaseLostError(RunnerError):
-    """The worker's lease was lost (its connection died, or it expired)."""
 
 
 class PolicyError(RunnerError):
