@@ -205,3 +205,10 @@ def stoppable_redis() -> Iterator[StoppableRedis]:
         yield server
     finally:
         server.stop()
+
+
+def system_factory() -> Any:
+    """A function returning the test system (SYSTEM topics may name one)."""
+    from system_model import SYSTEM
+
+    return SYSTEM

@@ -382,6 +382,10 @@ def test_options_come_from_the_environment(
     monkeypatch.setenv("EVENTSOURCING_RUNNER_JSON", "yes")
     assert main(["status"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["follower"] == "Counters"
+    # SYSTEM may name a function that returns the System.
+    monkeypatch.syspath_prepend(str(TESTS / "runtime"))
+    assert main(["status", "runner_helpers:system_factory"]) == 0
+    assert json.loads(capsys.readouterr().out)[1]["follower"] == "Totals"
 
 
 # ---------------------------------------------------------------------------------------------
