@@ -7,9 +7,10 @@ children. Prompts travel through ``PROMPT_TRANSPORT`` when it is set, else throu
 ``multiprocessing`` queues (:mod:`runners.transports.multiprocess`).
 
 A child that dies is reported with its exit code and started again, after 0.1 s doubling up
-to 5 s (reset once it has run for a minute). A child stopped by a policy error is not
-restarted: the runner's ``has_errored`` is set, and :meth:`~MultiProcessRunner.stop` raises
-:class:`~eventsourcing.system.EventProcessingError` with the child's message.
+to 5 s (reset once it has run for a minute). A child stopped by a policy error, or by
+settings it can't use, is not restarted: the runner's ``has_errored`` is set, and
+:meth:`~MultiProcessRunner.stop` raises :class:`~eventsourcing.system.EventProcessingError`
+with the child's message.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from eventsourcing.system import (
     UnknownApplicationError,
 )
 from eventsourcing.utils import Environment, EnvType, get_topic, resolve_topic
-from runners.errors import NotShareableError, PolicyError
+from runners.errors import ConfigurationError, NotShareableError, PolicyError
 from runners.transports.multiprocess import QueueTransport
 from runners.worker import (
     EXIT_PROCESSING_ERROR,
@@ -49,6 +50,7 @@ __all__ = ["MultiProcessRunner"]
 logger = logging.getLogger(__name__)
 
 SHAREABLE = "eventsourcing.sqlite (with a database file) or eventsourcing.postgres"
+EXIT_BAD_SETTINGS = 2  # a child found its settings wrong (say, a bad PROMPT_TRANSPORT)
 
 
 @dataclass
@@ -166,8 +168,8 @@ class MultiProcessRunner(Runner[Any]):
 
     def _child_died(self, child: _Child, now: float) -> None:
         code = child.process.exitcode
-        if code == EXIT_PROCESSING_ERROR:
-            child.restart_at = float("inf")  # fix the code or data, then start again
+        if code in (EXIT_PROCESSING_ERROR, EXIT_BAD_SETTINGS):
+            child.restart_at = float("inf")  # fix the code, data or settings, then start again
             time.sleep(0.1)  # the child's message is on its way through the queue
             self._collect_errors()
             if not any(child.name in str(e) for e in self.errors):
@@ -280,11 +282,11 @@ def _child_main(
     handle_stop_signals(worker.stop)
     try:
         worker.run()
-    except PolicyError as error:
+    except (PolicyError, ConfigurationError) as error:
         errors.put(str(error))
         errors.close()
         errors.join_thread()
-        sys.exit(EXIT_PROCESSING_ERROR)
+        sys.exit(EXIT_PROCESSING_ERROR if isinstance(error, PolicyError) else EXIT_BAD_SETTINGS)
     except Exception:
         traceback.print_exc()
         sys.exit(1)

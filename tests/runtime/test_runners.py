@@ -110,6 +110,18 @@ def test_multiprocess_runner_restarts_a_killed_child(tmp_path: Path, request: An
         assert_exactly_once(runner, expected)
 
 
+def test_multiprocess_runner_reports_settings_a_child_cannot_use(
+    tmp_path: Path, request: Any
+) -> None:
+    # LISTEN/NOTIFY needs the leaders on PostgreSQL: the child says so, once, and stays down.
+    env = {**store_env("sqlite_file", tmp_path, request), "PROMPT_TRANSPORT": "postgres"}
+    runner = MultiProcessRunner(SYSTEM, env)
+    runner.start()
+    assert runner.has_errored.wait(30)
+    with pytest.raises(EventProcessingError, match="PROMPT_TRANSPORT=postgres needs the leader"):
+        runner.stop()
+
+
 def test_multiprocess_runner_refuses_in_memory_stores(tmp_path: Path) -> None:
     with pytest.raises(NotShareableError, match="in-memory stores cannot be shared") as info:
         MultiProcessRunner(SYSTEM, {"PERSISTENCE_MODULE": "eventsourcing.popo"})
@@ -371,6 +383,22 @@ def test_help_lists_examples_and_exit_codes() -> None:
     assert "EVENTSOURCING_RUNNER_" in result.stdout
     console = Path(sys.executable).with_name("eventsourcing-runner")
     assert subprocess.run([str(console), "--help"], capture_output=True, check=True).stdout
+
+
+def test_status_watch_refreshes_until_interrupted(tmp_path: Path) -> None:
+    env = store_env("sqlite_file", tmp_path, None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runners", "status", SYSTEM_TOPIC, "--watch", "--json",
+         "--interval", "0.2"],
+        env={**os.environ, **env, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"},
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    lines = [json.loads(process.stdout.readline()) for _ in range(3)]
+    process.send_signal(2)
+    assert process.wait(10) == 0
+    assert all(rows[0]["lag"] == 0 for rows in lines)
 
 
 def test_options_come_from_the_environment(
