@@ -29,7 +29,7 @@ from types import FrameType
 from typing import Any
 
 from eventsourcing.application import Application, PromptPublisher
-from eventsourcing.persistence import PersistenceError
+from eventsourcing.persistence import IntegrityError, PersistenceError
 from eventsourcing.system import Follower, System, _LeaderFeed
 from eventsourcing.utils import Environment, EnvType
 from runners.errors import (
@@ -298,6 +298,10 @@ class Worker:
 
         try:
             feed.process_pending(between_batches)
+        except IntegrityError as error:
+            # Not a batch refused because another worker got there first (the feed moves on
+            # from those): the policy's new events conflict with recorded ones.
+            raise self._processing_failed(entry, feed, error) from error
         except PersistenceError as error:
             self._database_trouble(entry, error)
             return False
