@@ -22,21 +22,25 @@ except ImportError as error:  # pragma: no cover
     )
     raise ImportError(msg) from error
 
-from eventsourcing.system import MultiThreadedRunner, Runner
+from eventsourcing.system import Runner
 from examples.paxos.application import Replica
 from examples.paxos.domainmodel import Command
 from examples.paxos.system import Replica0, Replica1, Replica2, system
+from runners import MultiProcessRunner
 
 
 def run_demo(console: Console | None = None) -> bool:
     """Run the demo in a temporary folder; return whether the replicas agree."""
     console = console or Console()
     with tempfile.TemporaryDirectory() as folder:
-        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite"}
+        # The clients here poll for their results often: the replicas are other processes.
+        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "PAXOS_POLL_INTERVAL": "0.01"}
         for cls in (Replica0, Replica1, Replica2):
             env[f"{cls.name.upper()}_SQLITE_DBNAME"] = os.path.join(folder, f"{cls.name}.sqlite")
-        console.print(f"Three replicas, each on its own SQLite file in {folder}")
-        runner: Runner[UUID] = MultiThreadedRunner(system, env=env)
+        console.print(
+            f"Three replicas, each an OS process with its own SQLite file in {folder}"
+        )
+        runner: Runner[UUID] = MultiProcessRunner(system, env=env)
         with runner:
             replicas = [runner.get(cls) for cls in (Replica0, Replica1, Replica2)]
             started = time.monotonic()
