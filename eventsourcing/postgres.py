@@ -62,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import random
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -207,6 +208,14 @@ def is_connection_failure(error: BaseException, conn: Connection[Any] | None = N
 
 class _SaveRefusedError(Exception):
     """A tracking record was refused inside a batch: roll back that save only."""
+
+
+class _RolledBackError(Exception):
+    """The server rolled a transaction back (a deadlock, say): it may be tried again."""
+
+    def __init__(self, error: psycopg.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _OutcomeUnknownError(Exception):
@@ -1317,6 +1326,23 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
                     save.error = type(e)(*e.args)  # one instance per raising thread
 
     def _commit_batch(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
+        for attempt in range(1, _ROLLBACK_RETRIES + 1):
+            try:
+                self._commit_batch_once(conn, saves)
+                return
+            except _RolledBackError as rolled_back:
+                # A deadlock (with a writer taking the same locks in another order) or a
+                # serialization failure: the server rolled back, nothing was recorded.
+                e = rolled_back.error
+                _rollback_quietly(conn)
+                if attempt == _ROLLBACK_RETRIES:
+                    for save in saves:
+                        save.error = self.datastore.translate(e)
+                    return
+                logger.info("retrying a batch the server rolled back: %s", e)
+                sleep(random.uniform(0.0, 0.02 * attempt))
+
+    def _commit_batch_once(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
         for save in saves:  # each attempt decides afresh
             save.ids = save.error = None
         try:
@@ -1329,6 +1355,8 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
         except psycopg.DatabaseError as e:
             if is_connection_failure(e, conn):
                 raise
+            if (e.sqlstate or "").startswith("40"):  # class 40: transaction rollback
+                raise _RolledBackError(e) from e
             for save in saves:
                 save.error = self.datastore.translate(e)
 
@@ -1512,6 +1540,9 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
         """Return a subscription to notifications after ``gt``, woken by LISTEN/NOTIFY."""
         return PostgresSubscription(recorder=self, gt=gt, topics=topics)
 
+
+# How often a batch is tried when the server rolls it back (deadlock, serialization).
+_ROLLBACK_RETRIES = 5
 
 _BEGIN = SQL("BEGIN")
 _COMMIT = SQL("COMMIT")
