@@ -37,7 +37,7 @@ from runner_helpers import (  # noqa: E402
     wait_settled,
 )
 from servers import resolve_postgres  # noqa: E402
-from system_model import Expected  # noqa: E402
+from system_model import Counters, Expected  # noqa: E402
 
 
 def main() -> None:
@@ -60,11 +60,17 @@ def main() -> None:
             **server.settings.env(name),
             "PROMPT_TRANSPORT": redis.url,
         }
-        result = soak(args, env, redis, tmp)
+        try:
+            result = soak(args, env, redis, tmp)
+        except BaseException:
+            # Keep the evidence: the database, its server and the logs stay for a look.
+            print(f"kept {server.settings!r} database {name!r} and logs in {tmp}", flush=True)
+            redis.stop()
+            raise
         server.drop_database(name)
     finally:
         redis.stop()
-        server.stop()
+    server.stop()
     print(json.dumps(result, indent=2))
     out = HERE / "results" / "soak-runners.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -126,10 +132,13 @@ def soak(args: argparse.Namespace, env: dict[str, str], redis: StoppableRedis, t
     produced = time.monotonic() - started
     tricks = {UUID(k): v for k, v in json.loads(out.read_text()).items()}
     expected = Expected(list(tricks), tricks, 0)
+    assert producer.wait() == 0, (tmp / "producer.log").read_text()
     apps = Apps(env)
     try:
         wait_settled(apps, timeout=600)
         settled = time.monotonic() - started
+        recorded = apps.get(Counters).recorder.max_notification_id()
+        print(f"counter events: {recorded}, expected {expected.counter_events}", flush=True)
         assert_exactly_once(apps, expected)
     finally:
         apps.close()

@@ -113,6 +113,8 @@ def test_postgresql_restarted_under_running_workers(
     try:
         backlog = bulk_tricks(apps.get(DogSchool), dogs=10, tricks_per_save=500, saves=10)
         running = [workers(name, env) for name in ("Counters", "Totals")]
+        for worker in running:  # started: an outage at start-up is reported, not retried
+            worker.wait_for("holding the lease")
         counters = apps.get(Counters)
         deadline = time.monotonic() + 30
         while (counters.recorder.max_tracking_id("DogSchool") or 0) < 300:

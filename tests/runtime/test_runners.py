@@ -25,6 +25,7 @@ from runner_helpers import (
     Apps,
     assert_exactly_once,
     bulk_tricks,
+    notification_ids,
     store_env,
     transport_env,
     wait_settled,
@@ -181,7 +182,8 @@ def test_two_workers_one_processes_and_the_other_takes_over_after_sigkill(
         print(f"\ntakeover after SIGKILL with the {lease} lease: {takeover:.2f}s")
         assert takeover < 10
         # Nothing twice: one counter event per registration and per trick.
-        assert counters.recorder.max_notification_id() == (
+        # (Counted: a SIGKILL inside a transaction leaves a gap in PostgreSQL's ids.)
+        assert len(notification_ids(counters.recorder)) == (
             expected.counter_events + more.counter_events
         )
         for dog_id, tricks in {**expected.tricks, **more.tricks}.items():
