@@ -1352,17 +1352,21 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
     def _commit_checked(
         self, conn: Connection[DictRow], trackings: list[Tracking], events: Sequence[StoredEvent]
     ) -> list[int]:
-        # Tracking records are refused without an error, so look before committing.
-        script = [*self._begin_statements(), *map(self._upsert_tracking, trackings)]
+        # A refused tracking record raises an error, so the server skips what follows,
+        # COMMIT included: the whole batch is one round trip. The tracking rows are locked
+        # before the events table, as 9.x does, so that its processes and ours on one
+        # follower take the two locks in the same order (else they can deadlock).
+        begin, *lock_and_notify = self._begin_statements()
+        script = [begin, *map(self._checked_tracking, trackings), *lock_and_notify]
         if events:
             script.append(self._insert(events))
-        results = _run_script(conn, script)
-        if not all(results[: len(trackings)]):
-            _rollback_quietly(conn)
-            raise _SaveRefusedError
+        script += self._commit_statements()
         with _committing(conn) as commit:
             commit()
-            _run_script(conn, self._commit_statements())
+            try:
+                results = _run_script(conn, script)
+            except psycopg.errors.DivisionByZero:
+                raise _SaveRefusedError from None
         return [row[0] for row in results[-1]] if events else []
 
     def _commit_one_by_one(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
@@ -1406,6 +1410,10 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
 
     def _commit_statements(self) -> list[_Statement]:
         return [*((s, NO_PARAMS) for s in self.before_commit_statements), (_COMMIT, NO_PARAMS)]
+
+    def _checked_tracking(self, tracking: Tracking) -> _Statement:
+        """A statement recording ``tracking`` that raises DivisionByZero if refused."""
+        return self._upsert_tracking(tracking)
 
     def _upsert_tracking(self, tracking: Tracking) -> _Statement:
         raise ProgrammingError(
@@ -1696,6 +1704,11 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
                 "SET notification_id = EXCLUDED.notification_id "
                 "WHERE t.notification_id < %s RETURNING notification_id"
             ).format(self._tracking_table)
+            # The same, failing when refused (1 / 0 rows recorded), for scripts that
+            # end in COMMIT: the server then skips the rest of the script.
+            self._checked_tracking_statement = SQL(
+                "WITH recorded AS ({}) SELECT 1 / count(*) FROM recorded"
+            ).format(self._record_tracking_statement)
         else:
             self.insert_tracking_statement = SQL(
                 "INSERT INTO {} VALUES (%(application_name)s, %(notification_id)s)"
@@ -1704,6 +1717,7 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
             self._record_tracking_statement = SQL(
                 "INSERT INTO {} SELECT %s, unnest(%s::bigint[]) RETURNING notification_id"
             ).format(self._tracking_table)
+            self._checked_tracking_statement = self._record_tracking_statement  # collides
         self.max_tracking_id_statement = SQL(
             "SELECT MAX(notification_id) FROM {} WHERE application_name = %s"
         ).format(self._tracking_table)
@@ -1923,6 +1937,9 @@ class PostgresProcessRecorder(
 
     def _upsert_tracking(self, tracking: Tracking) -> _Statement:
         return self._record_tracking_statement, self._tracking_params(tracking)
+
+    def _checked_tracking(self, tracking: Tracking) -> _Statement:
+        return self._checked_tracking_statement, self._tracking_params(tracking)
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
