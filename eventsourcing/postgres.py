@@ -810,6 +810,7 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
             )
         )
         self.insert_events_statement = self._insert_statement(returning=False)
+        self._values_statements: dict[int, Composed] = {}
         self.select_events_statement = SQL(
             "SELECT originator_version, topic, state FROM {} WHERE originator_id = %s"
         ).format(self._table)
@@ -836,6 +837,9 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
             + "PRIMARY KEY (originator_id, originator_version))"
             + _TABLE_OPTIONS
         ).format(self._table, quoted(self.datastore.originator_id_type))
+
+    #: Whether ``_insert`` statements return the new notification ids.
+    _inserts_return_ids = False
 
     def _insert_statement(self, *, returning: bool) -> Composed:
         id_type = "uuid" if self._is_uuid else "text"
@@ -925,7 +929,26 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
         return [self._insert(events)] if events else []
 
     def _insert(self, events: Sequence[StoredEvent]) -> _Statement:
-        return self.insert_events_statement, self._insert_params(events)
+        if len(events) > _MAX_VALUES_ROWS:
+            return self.insert_events_statement, self._insert_params(events)
+        # A few rows go as VALUES: psycopg binds scalars on the client several times
+        # faster than arrays (one row: about 30 us instead of 90-180 us).
+        statement = self._values_statements.get(len(events))
+        if statement is None:
+            statement = self._values_statements[len(events)] = self._values_statement(len(events))
+        columns = self._insert_params(events)
+        return statement, [value for row in zip(*columns, strict=True) for value in row]
+
+    def _values_statement(self, rows: int) -> Composed:
+        id_type = "uuid" if self._is_uuid else "text"
+        row = "(%s::" + id_type + ", %s::bigint, %s::text, %s::bytea)"
+        statement = SQL(
+            "INSERT INTO {} (originator_id, originator_version, topic, state) VALUES "
+            + ", ".join([row] * rows)
+        ).format(self._table)
+        if self._inserts_return_ids:
+            statement += SQL(" RETURNING notification_id")
+        return statement
 
     def _insert_autocommit(self, conn: Connection[DictRow], saves: list[_PendingSave]) -> None:
         params = self._insert_params(saves[0].stored_events)
@@ -1189,6 +1212,8 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
     Gaps. A failed or rolled-back insert uses up sequence values, so ids can have gaps;
     they are never filled in later.
     """
+
+    _inserts_return_ids = True
 
     #: Most saves committed in one transaction (1 turns coalescing off).
     max_coalesced_saves = 100
@@ -1493,6 +1518,9 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
         """Return a subscription to notifications after ``gt``, woken by LISTEN/NOTIFY."""
         return PostgresSubscription(recorder=self, gt=gt, topics=topics)
 
+
+# Up to this many events are inserted with VALUES, more with arrays (or COPY).
+_MAX_VALUES_ROWS = 16
 
 _BEGIN = SQL("BEGIN")
 _COMMIT = SQL("COMMIT")
