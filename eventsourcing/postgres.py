@@ -1542,7 +1542,7 @@ def _run_script(
     an error, ``on_error`` (a statement) undoes the failed part, or else the transaction is
     rolled back, and the error is raised.
     """
-    query = SQL("; ").join(statement for statement, _ in script)
+    query = _script_query(conn, [statement for statement, _ in script])
     params = [p for _, statement_params in script for p in statement_params]
     curs = psycopg.ClientCursor(conn, row_factory=psycopg.rows.tuple_row)
     try:
@@ -1559,6 +1559,24 @@ def _run_script(
             results.append(curs.fetchall())
         if not curs.nextset():
             return results
+
+
+# The bytes of scripts already composed, by the ids of their statements (kept alive by the
+# entry, so that no id is reused while it is a key): composing costs more than sending.
+_SCRIPT_QUERIES: dict[tuple[object, ...], tuple[bytes, list[SQL | Composed]]] = {}
+_MAX_SCRIPT_QUERIES = 1024
+
+
+def _script_query(conn: Connection[Any], statements: list[SQL | Composed]) -> bytes:
+    """Return the statements joined into one query, as bytes for ``conn``."""
+    key = (conn.info.encoding, *map(id, statements))
+    found = _SCRIPT_QUERIES.get(key)
+    if found is None:
+        if len(_SCRIPT_QUERIES) >= _MAX_SCRIPT_QUERIES:
+            _SCRIPT_QUERIES.clear()
+        found = SQL("; ").join(statements).as_bytes(conn), statements
+        _SCRIPT_QUERIES[key] = found
+    return found[0]
 
 
 def _rollback_quietly(conn: Connection[Any]) -> None:
