@@ -72,6 +72,8 @@ def run_snapshots(python: Path, label: str, args: argparse.Namespace) -> dict[st
             backends,
             "--repeat",
             str(args.repeat),
+            "--aggregates",
+            str(max(1, round(1500 * args.scale))),
         ],
         check=True,
         capture_output=True,
@@ -304,11 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     ours_result = json.loads(ours_json.read_text())
     meta = ours_result["meta"]
     when = meta["date_utc"][:16].replace("T", " ") + " UTC"
+    scale = f" --scale {args.scale}" if args.scale != 1.0 else ""
     report = f"""# Benchmarks: ours against eventsourcing 9.5.6
 
 Run on {when}, {meta["python_implementation"]} {meta["python"]},
 {meta["cpu_count"]} cores, with `python tests/benchmarks/run.py --backends {args.backends}
---only {args.only} --repeat {args.repeat}{" --isolate" if args.isolate else ""}`: the anchor
+--only {args.only} --repeat {args.repeat}{scale}{" --isolate" if args.isolate else ""}`: the anchor
 first, then ours, in one sitting.
 Ratios are ours / anchor (medians; above 1 is faster). Raw JSON is in `results/`.
 
