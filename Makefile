@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check eventsourcing examples tests
+	$(BIN)/ruff check eventsourcing runners examples tests
 
 typecheck: $(STAMP)
-	$(BIN)/mypy eventsourcing examples
+	$(BIN)/mypy eventsourcing runners examples
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q tests --ignore=tests/benchmarks
@@ -26,7 +26,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 demo: $(STAMP)
-	$(BIN)/python -m examples.dogschool
+	$(BIN)/python -m examples.paxos demo
 
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/run.py

@@ -60,6 +60,7 @@ concurrent saves of one recorder share a transaction; batches of many events use
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -277,6 +278,31 @@ class PgStoredEvent(NamedTuple):
 CT = TypeVar("CT", bound=Connection[Any])
 
 
+_POOL_NAME_PREFIX = "eventsourcing-"
+_pool_numbers = itertools.count(1)
+
+
+class _QuietReconnects(logging.Filter):
+    """Drops psycopg_pool's per-attempt "error connecting" warnings for our pools.
+
+    While a server refuses connections the pool retries every 0.1-2 s and would warn each
+    time (pages of lines a minute); the datastore reports the outage itself, once, in the
+    error it raises when its ``connect_timeout`` runs out.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep every record except reconnection noise from pools named by us."""
+        args = record.args
+        return not (
+            str(record.msg).startswith(("error connecting in", "reconnection attempt in pool"))
+            and isinstance(args, tuple)
+            and str(args[0]).startswith(_POOL_NAME_PREFIX)
+        )
+
+
+logging.getLogger("psycopg.pool").addFilter(_QuietReconnects())
+
+
 class ConnectionPool(psycopg_pool.ConnectionPool[CT], Generic[CT]):
     """A psycopg_pool pool that can fetch a fresh password for each new connection."""
 
@@ -288,6 +314,7 @@ class ConnectionPool(psycopg_pool.ConnectionPool[CT], Generic[CT]):
     ) -> None:
         """Take psycopg_pool's arguments, and ``get_password_func`` (called per connection)."""
         self.get_password_func = get_password_func
+        kwargs.setdefault("name", f"{_POOL_NAME_PREFIX}{next(_pool_numbers)}")
         super().__init__(*args, **kwargs)
 
     def _connect(self, timeout: float | None = None) -> CT:

@@ -156,6 +156,7 @@ class PolicyFailureError(Exception):
 
 
 FAILURES = Failures()
+FAILING_NAME = "Refused"  # the Counters policy fails on a dog registered with this name
 
 
 class Counters(ProcessApplication[UUID]):
@@ -172,6 +173,8 @@ class Counters(ProcessApplication[UUID]):
         self, domain_event: Dog.Registered, processing_event: ProcessingEvent[UUID]
     ) -> None:
         self._check_failure(processing_event)
+        if domain_event.name == FAILING_NAME:  # a failure that crosses process boundaries
+            raise PolicyFailureError(f"refused to count a dog named {FAILING_NAME!r}")
         processing_event.collect_events(TrickCounter(domain_event.originator_id))
 
     @policy.register

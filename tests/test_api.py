@@ -121,3 +121,46 @@ def test_every_public_class_and_function_has_a_docstring(module_name: str) -> No
         if not obj.__doc__ and not inherits_docstring(qualname, obj, module)
     ]
     assert undocumented == []
+
+
+RUNNERS_MODULES = [
+    "runners",
+    "runners.cli",
+    "runners.errors",
+    "runners.lease",
+    "runners.multiprocess",
+    "runners.transports",
+    "runners.transports.base",
+    "runners.transports.kombu",
+    "runners.transports.memory",
+    "runners.transports.multiprocess",
+    "runners.transports.postgres",
+    "runners.transports.redis",
+    "runners.worker",
+]
+
+
+@pytest.mark.parametrize("module_name", RUNNERS_MODULES)
+def test_every_public_member_of_runners_has_a_docstring(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    assert module.__doc__, f"{module_name} has no module docstring"
+    undocumented = [
+        qualname
+        for qualname, obj in public_members(module)
+        if not obj.__doc__ and not inherits_docstring(qualname, obj, module)
+    ]
+    assert undocumented == []
+
+
+def test_the_library_imports_neither_runners_nor_brokers() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pkgutil, importlib, eventsourcing\n"
+        "for m in pkgutil.walk_packages(eventsourcing.__path__, 'eventsourcing.'):\n"
+        "    if '.tests' not in m.name: importlib.import_module(m.name)\n"
+        "bad = [n for n in sys.modules if n.split('.')[0] in ('runners', 'redis', 'kombu')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

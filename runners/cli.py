@@ -1,0 +1,449 @@
+"""``eventsourcing-runner`` (also ``python -m runners``): run workers, show their progress.
+
+Every option can also be set by an environment variable (``EVENTSOURCING_RUNNER_<OPTION>``,
+listed in ``--help``); applications read their own settings (``PERSISTENCE_MODULE``,
+``POSTGRES_*``, ``PROMPT_TRANSPORT``...) from the environment as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from eventsourcing.persistence import PersistenceError
+from eventsourcing.system import System
+from runners.errors import (
+    ConfigurationError,
+    PolicyError,
+    SystemTopicError,
+    TransportConnectionError,
+)
+from runners.worker import (
+    EXIT_FORCED,
+    EXIT_OK,
+    EXIT_PROCESSING_ERROR,
+    POLL_INTERVAL,
+    Worker,
+    check_follower_name,
+    handle_stop_signals,
+)
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_FORCED",
+    "EXIT_OK",
+    "EXIT_PROCESSING_ERROR",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "build_parser",
+    "load_system",
+    "main",
+    "status_rows",
+]
+
+logger = logging.getLogger("runners.cli")
+
+EXIT_ERROR = 1  # an unexpected error (its traceback is logged)
+EXIT_USAGE = 2  # bad input: an option, SYSTEM, an application name, an environment variable
+EXIT_UNREACHABLE = 4  # a database or a broker could not be reached at start-up
+
+ENV_PREFIX = "EVENTSOURCING_RUNNER_"
+RUNNERS = ("single", "threads", "processes")
+
+EPILOG = """\
+examples:
+  # one worker for one application (start a second one anywhere: it stands by)
+  eventsourcing-runner run myproject.system:system --app Counters
+  # several applications in one process, one thread each
+  eventsourcing-runner run myproject.system:system --app Counters --app Totals
+  # the whole system in one command, one OS process per application
+  eventsourcing-runner run myproject.system:system --all --runner processes
+  # how far behind each follower is (as JSON, or refreshed every second)
+  eventsourcing-runner status myproject.system:system
+  eventsourcing-runner status myproject.system:system --json
+  eventsourcing-runner status myproject.system:system --watch
+
+SYSTEM is a topic 'module:attribute' naming a System, or a function returning one; the
+current folder is importable. Applications take their settings from the environment,
+prefixed by their name to single one out (COUNTERS_POSTGRES_DBNAME), for example:
+  PERSISTENCE_MODULE=eventsourcing.postgres POSTGRES_HOST=... POSTGRES_DBNAME=...
+  PROMPT_TRANSPORT=redis://localhost:6379/0   (or kombu+<broker url>, postgres; unset: poll)
+
+environment variables: every option has one, EVENTSOURCING_RUNNER_ and the option in
+capitals (EVENTSOURCING_RUNNER_SYSTEM, _APP as a comma-separated list, _ALL, _RUNNER,
+_POLL_INTERVAL, _NO_LEASE, _JSON, _WATCH, _INTERVAL, _LOG_LEVEL, _TRACEBACK).
+
+exit codes:
+  0  stopped cleanly (SIGTERM/SIGINT finish the batch in hand first)
+  1  an unexpected error (traceback logged)
+  2  bad input: the message names the problem and the fix
+  3  a policy (or decoding) error stopped a worker; nothing of that batch was recorded
+  4  a database or broker could not be reached at start-up
+  5  a second SIGTERM/SIGINT: exited at once, the batch in hand rolled back
+"""
+
+
+class _UsageError(Exception):
+    """Bad command-line input, reported as one line with EXIT_USAGE."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise _UsageError(f"{message} (see --help)")
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def _env_flag(name: str) -> bool:
+    return str(_env(name, "")).strip().lower() in ("1", "true", "yes", "y", "on")
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {value!r}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with defaults from ``EVENTSOURCING_RUNNER_*`` variables."""
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="logging level (default INFO)",
+    )
+    common.add_argument(
+        "--traceback",
+        action="store_true",
+        default=_env_flag("TRACEBACK"),
+        help="show the traceback of an error, not just its one-line message",
+    )
+    parser = _Parser(
+        prog="eventsourcing-runner",
+        description="Run the applications of an event-sourced System as workers.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{run,status}", parser_class=_Parser)
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="run workers for applications of SYSTEM",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("system", nargs="?", default=_env("SYSTEM"), metavar="SYSTEM")
+    apps = _env("APP")
+    run.add_argument(
+        "--app",
+        dest="apps",
+        action="append",
+        metavar="NAME",
+        help="an application to process (repeat for several)",
+    )
+    run.set_defaults(env_apps=[a.strip() for a in apps.split(",") if a.strip()] if apps else [])
+    run.add_argument(
+        "--all", action="store_true", default=_env_flag("ALL"), help="every follower of SYSTEM"
+    )
+    run.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default=_env("RUNNER", "threads"),
+        help="single: one loop for all; threads: a thread each (default); processes: a "
+        "process each",
+    )
+    run.add_argument(
+        "--poll-interval",
+        type=_positive,
+        default=_env("POLL_INTERVAL", str(POLL_INTERVAL)),
+        metavar="SECONDS",
+        help=f"read the leaders' logs this often without a prompt (default {POLL_INTERVAL})",
+    )
+    run.add_argument(
+        "--no-lease",
+        action="store_true",
+        default=_env_flag("NO_LEASE"),
+        help="don't take the lease (only if no other worker can run the same application)",
+    )
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="show how far behind each follower is",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("system", nargs="?", default=_env("SYSTEM"), metavar="SYSTEM")
+    status.add_argument("--json", action="store_true", default=_env_flag("JSON"),
+                        help="print JSON (one document per refresh)")  # fmt: skip
+    status.add_argument("--watch", action="store_true", default=_env_flag("WATCH"),
+                        help="refresh until interrupted")  # fmt: skip
+    status.add_argument(
+        "--interval", type=_positive, default=_env("INTERVAL", "1"), metavar="SECONDS",
+        help="seconds between refreshes with --watch (default 1)",
+    )  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    show_traceback = "--traceback" in (argv if argv is not None else sys.argv) or _env_flag(
+        "TRACEBACK"
+    )
+    try:
+        args = build_parser().parse_args(argv)
+        show_traceback = args.traceback
+        logging.basicConfig(
+            level=args.log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        if args.command is None:
+            raise _UsageError("say which command: run or status (see --help)")
+        if not args.system:
+            raise _UsageError(
+                "SYSTEM is missing: give a topic such as myproject.system:system, or set "
+                f"{ENV_PREFIX}SYSTEM"
+            )
+        system = load_system(args.system)
+        command: Callable[[argparse.Namespace, System], int] = (
+            _run if args.command == "run" else _status
+        )
+        return command(args, system)
+    except (_UsageError, ConfigurationError, ValueError) as error:
+        return _fail(error, EXIT_USAGE, show_traceback)
+    except (PersistenceError, TransportConnectionError) as error:
+        return _fail(error, EXIT_UNREACHABLE, show_traceback)
+    except PolicyError as error:
+        return _fail(error, EXIT_PROCESSING_ERROR, show_traceback)
+    except Exception as error:
+        traceback.print_exc()
+        return _fail(error, EXIT_ERROR, False)
+
+
+def _fail(error: BaseException, code: int, show_traceback: bool) -> int:
+    if show_traceback:
+        traceback.print_exception(error)
+    message = " ".join(str(error).split())
+    print(f"eventsourcing-runner: error: {message}", file=sys.stderr)
+    return code
+
+
+def load_system(topic: str) -> System:
+    """Return the System that ``topic`` (``module:attribute``) names, calling a function."""
+    module_name, sep, attr_path = topic.partition(":")
+    if not sep or not module_name or not attr_path:
+        msg = (
+            f"SYSTEM {topic!r} is not a topic: write 'module:attribute', such as "
+            "myproject.system:system"
+        )
+        raise SystemTopicError(msg)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: the project's folder
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            msg = (
+                f"No module named {e.name!r} (from SYSTEM {topic!r}): check the name, and run "
+                "from the project's folder or add it to PYTHONPATH"
+            )
+            raise SystemTopicError(msg) from e
+        raise SystemTopicError(f"Module {module_name!r} failed to import: {e}") from e
+    for attr in attr_path.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            systems = _systems_in(importlib.import_module(module_name))
+            hint = f"; it has the System(s) {systems}" if systems else ""
+            msg = f"{module_name!r} has no attribute {attr_path!r} (from SYSTEM {topic!r}){hint}"
+            raise SystemTopicError(msg) from None
+    if not isinstance(obj, System) and callable(obj) and not isinstance(obj, type):
+        obj = obj()
+    if not isinstance(obj, System):
+        msg = (
+            f"SYSTEM {topic!r} is a {type(obj).__name__}, not a System: name a System or a "
+            "function that returns one"
+        )
+        raise SystemTopicError(msg)
+    return obj
+
+
+def _systems_in(module: Any) -> list[str]:
+    return [f"{module.__name__}:{k}" for k, v in vars(module).items() if isinstance(v, System)]
+
+
+# -- run ----------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace, system: System) -> int:
+    names = _chosen_names(args, system)
+    if args.runner == "processes":
+        return _run_processes(system, names)
+    progress = _progress_bars() if sys.stderr.isatty() else None
+    groups = [names] if args.runner == "single" else [[name] for name in names]
+    workers = [
+        Worker(
+            system,
+            group,
+            poll_interval=args.poll_interval,
+            use_lease=not args.no_lease,
+            progress=progress,
+        )
+        for group in groups
+    ]
+    opened: list[Worker] = []
+    try:
+        for worker in workers:
+            worker.open()
+            opened.append(worker)
+    except BaseException:
+        for worker in opened:
+            worker.close()
+        raise
+
+    def stop_all() -> None:
+        for worker in workers:
+            worker.stop()
+
+    handle_stop_signals(stop_all)
+    logger.info("Running %s (%s)", ", ".join(names), args.runner)
+    return _run_in_threads(workers, stop_all)
+
+
+def _chosen_names(args: argparse.Namespace, system: System) -> list[str]:
+    names: list[str] = list(args.apps or args.env_apps)
+    if args.all and names:
+        raise _UsageError("give either --all or --app NAME, not both")
+    if args.all:
+        names = system.followers
+    if not names:
+        raise _UsageError(
+            f"say which applications to run: --app NAME (one of {system.followers}) or --all"
+        )
+    for name in names:
+        check_follower_name(system, name)
+    return names
+
+
+def _run_in_threads(workers: list[Worker], stop_all: Callable[[], None]) -> int:
+    errors: list[BaseException] = []
+
+    def target(worker: Worker) -> None:
+        try:
+            worker.run()
+        except BaseException as error:
+            errors.append(error)
+            stop_all()
+
+    threads = [threading.Thread(target=target, args=(w,), daemon=True) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.2)  # short joins, so the main thread runs signal handlers
+    if errors:
+        raise errors[0]
+    return EXIT_OK
+
+
+def _run_processes(system: System, names: list[str]) -> int:
+    from runners.multiprocess import MultiProcessRunner
+
+    runner = MultiProcessRunner(system, followers=names)
+    stopping = threading.Event()
+    handle_stop_signals(stopping.set)
+    with runner:
+        while not stopping.wait(0.5):
+            if runner.has_errored.is_set():
+                break
+    return EXIT_OK
+
+
+def _progress_bars() -> Callable[[str, str, int, int], None] | None:
+    try:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+    except ImportError:
+        return None  # the cli extra brings it
+    bars: dict[tuple[str, str], Any] = {}
+
+    def show(follower: str, leader: str, done: int, total: int) -> None:
+        bar = bars.get((follower, leader))
+        if bar is None:
+            bar = bars[(follower, leader)] = tqdm(
+                total=total, desc=f"{follower} <- {leader}", unit="ev", leave=False
+            )
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return show
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def status_rows(system: System, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Each follower's position in each of its leaders' logs, and how far behind it is."""
+    rows: list[dict[str, Any]] = []
+    apps: dict[str, Any] = {}
+    try:
+        for name in system.nodes:
+            apps[name] = system.get_app_cls(name)(env=env)
+        for leader, follower in system.edges:
+            tracked = apps[follower].recorder.max_tracking_id(leader) or 0
+            last = apps[leader].recorder.max_notification_id() or 0
+            rows.append(
+                {"follower": follower, "leader": leader, "tracked": tracked,
+                 "leader_last": last, "lag": max(0, last - tracked)}
+            )  # fmt: skip
+    finally:
+        for app in apps.values():
+            app.close()
+    return rows
+
+
+def _status(args: argparse.Namespace, system: System) -> int:
+    interrupted = threading.Event()
+    if args.watch:
+        handle_stop_signals(interrupted.set)
+    while True:
+        rows = status_rows(system)
+        if args.json:
+            print(json.dumps(rows), flush=True)
+        else:
+            _print_table(rows, stamp=args.watch)
+        if not args.watch or interrupted.wait(args.interval):
+            return EXIT_OK
+
+
+def _print_table(rows: list[dict[str, Any]], *, stamp: bool) -> None:
+    headers = ["follower", "leader", "tracked", "leader_last", "lag"]
+    cells = [[str(row[h]) for h in headers] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    if stamp:
+        print(time.strftime("%H:%M:%S"))
+    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for row in cells:
+        print("  ".join(
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ))  # fmt: skip
+    print(flush=True)
+

@@ -1,0 +1,77 @@
+"""Every error the runners raise, in one tree.
+
+::
+
+    RunnerError
+     ├── ConfigurationError          bad input: the fix is in the message
+     │    ├── SystemTopicError        SYSTEM names no module, attribute or System
+     │    ├── UnknownApplicationNameError
+     │    ├── PromptTransportError    a bad PROMPT_TRANSPORT value
+     │    └── NotShareableError       a store other processes can't reach (POPO, :memory:)
+     ├── TransportConnectionError     the broker can't be reached (retried, never fatal)
+     └── PolicyError                  a follower's policy raised; names leader, id and event
+
+Transports translate their driver's errors (``redis.*``, ``kombu``'s connection errors,
+``psycopg.*``) into :class:`TransportConnectionError` at the seam, so the worker loop only
+ever sees the errors above and the persistence errors of ``eventsourcing.persistence``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "NotShareableError",
+    "PolicyError",
+    "PromptTransportError",
+    "RunnerError",
+    "SystemTopicError",
+    "TransportConnectionError",
+    "UnknownApplicationNameError",
+]
+
+
+class RunnerError(Exception):
+    """The base of every error of the runners."""
+
+
+class ConfigurationError(RunnerError, ValueError):
+    """Bad input: an option, an environment variable or a topic; the message says the fix."""
+
+
+class SystemTopicError(ConfigurationError):
+    """The SYSTEM topic names no importable module, no attribute, or not a System."""
+
+
+class UnknownApplicationNameError(ConfigurationError):
+    """An application name the system does not have."""
+
+
+class PromptTransportError(ConfigurationError):
+    """``PROMPT_TRANSPORT`` has a value no transport accepts."""
+
+
+class NotShareableError(ConfigurationError):
+    """The applications' stores can't be shared between processes (POPO, in-memory SQLite)."""
+
+
+class TransportConnectionError(RunnerError):
+    """The prompt transport's server can't be reached; workers poll until it is back."""
+
+
+class PolicyError(RunnerError):
+    """A follower's policy raised while processing a leader's notification.
+
+    Nothing of the batch was recorded; the worker stops, since processing it again would
+    fail again until the code or the data is fixed.
+    """
+
+    def __init__(self, follower: str, leader: str, notification_id: int, event: str, cause: str):
+        """Describe the failure of ``follower``'s policy on ``leader``'s notification."""
+        self.follower = follower
+        self.leader = leader
+        self.notification_id = notification_id
+        self.event = event
+        super().__init__(
+            f"The policy of {follower!r} failed on {leader} notification {notification_id} "
+            f"({event}): {cause}"
+        )

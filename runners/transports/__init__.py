@@ -1,0 +1,93 @@
+"""Prompt transports, and the one table that maps ``PROMPT_TRANSPORT`` values to them.
+
+==============================  ============================================  =========
+``PROMPT_TRANSPORT``            transport                                      module
+==============================  ============================================  =========
+``redis://...``, ``rediss://``  Redis Streams, one stream per leader           redis
+``kombu+<broker url>``          any kombu broker (AMQP, Redis, memory, ...)    kombu
+``postgres``                    LISTEN/NOTIFY on the leaders' databases        postgres
+``memory://NAME``               threads of one process (tests)                 memory
+unset                           none: workers poll                             -
+==============================  ============================================  =========
+
+``eventsourcing.application`` finds :func:`open_transport` through the entry-point group
+``eventsourcing.prompt_transports`` (declared in pyproject.toml), never by importing this
+package.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from runners.errors import PromptTransportError
+from runners.transports.base import PromptTransport
+
+__all__ = ["ACCEPTED_FORMS", "PromptTransport", "check_transport_url", "open_transport"]
+
+ACCEPTED_FORMS = (
+    "redis://HOST:PORT/DB or rediss://... (Redis Streams), kombu+<broker url> such as "
+    "kombu+amqp://guest:guest@HOST// or kombu+redis://HOST:6379/1, postgres (LISTEN/NOTIFY), "
+    "memory://NAME (one process), or leave it unset to poll"
+)
+# scheme as typed -> the name the transport is known by
+SCHEMES = {"redis": "redis", "rediss": "redis", "kombu": "kombu", "postgres": "postgres",
+           "memory": "memory"}  # fmt: skip
+
+
+def check_transport_url(url: str, source: str = "PROMPT_TRANSPORT") -> str:
+    """Return the transport ``url`` names, or raise :class:`PromptTransportError`.
+
+    ``source`` says where the value came from, for the message.
+    """
+    scheme = url.split("+", 1)[0] if url.startswith("kombu+") else url.partition("://")[0]
+    kind = SCHEMES.get(scheme)
+    if kind == "kombu" and not url.partition("+")[2]:
+        kind = None
+    if kind in ("redis", "memory") and "://" not in url:
+        kind = None
+    if kind is None:
+        close = difflib.get_close_matches(scheme, SCHEMES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        msg = (
+            f"Invalid {source} value {url!r}.{hint} Accepted forms: {ACCEPTED_FORMS}. "
+            f"Fix {source} (or unset it)."
+        )
+        raise PromptTransportError(msg)
+    return kind
+
+
+def open_transport(
+    url: str,
+    leaders: Iterable[str] = (),
+    *,
+    recorders: Mapping[str, Any] | None = None,
+    source: str = "PROMPT_TRANSPORT",
+) -> PromptTransport:
+    """Open the transport ``url`` names, listening for ``leaders`` (none: publish only).
+
+    ``recorders`` maps leader names to their application recorders, which the ``postgres``
+    transport listens on. Raises :class:`~runners.errors.PromptTransportError` for a bad
+    ``url`` and :class:`~runners.errors.TransportConnectionError` when a listener can't
+    connect.
+    """
+    kind = check_transport_url(url, source)
+    if kind == "redis":
+        from runners.transports.redis import RedisStreamsTransport
+
+        return RedisStreamsTransport(url, leaders)
+    if kind == "kombu":
+        from runners.transports.kombu import KombuTransport
+
+        return KombuTransport(url.partition("+")[2], leaders)
+    if kind == "postgres":
+        from runners.transports.postgres import PostgresNotifyTransport
+
+        listen = set(leaders)
+        return PostgresNotifyTransport(
+            {name: r for name, r in (recorders or {}).items() if name in listen}
+        )
+    from runners.transports.memory import MemoryTransport
+
+    return MemoryTransport(url.partition("://")[2], leaders)

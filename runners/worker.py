@@ -1,0 +1,444 @@
+"""The worker loop that every out-of-process runner shares.
+
+For each follower application it runs: take the lease (or wait as a standby), pull each
+leader's notifications after the tracked position, process them in batches with the
+system's batched processing (one transaction per batch: new events and one tracking
+record), let the follower prompt its own followers (its ``PROMPT_TRANSPORT`` publisher does
+that after each commit), then wait for a prompt or the poll interval, whichever comes first.
+
+Leaders are read through read-side instances of the leader applications, constructed from
+the same environment (``LEADERNAME_``-prefixed keys select each one's database).
+
+Failures: a lost database connection is retried with backoff (one log line per attempt); a
+broker that is down is retried with backoff while the worker polls; a policy error stops the
+worker with :data:`EXIT_PROCESSING_ERROR` and one log line naming the leader, the
+notification id and the event (nothing of the batch is recorded). :meth:`Worker.stop`
+(SIGTERM, SIGINT) finishes the batch in hand and returns :data:`EXIT_OK`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from eventsourcing.application import Application, PromptPublisher
+from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.system import Follower, System, _LeaderFeed
+from eventsourcing.utils import Environment, EnvType
+from runners.errors import (
+    ConfigurationError,
+    PolicyError,
+    PromptTransportError,
+    TransportConnectionError,
+    UnknownApplicationNameError,
+)
+from runners.lease import Lease, lease_for
+from runners.transports import PromptTransport, open_transport
+
+__all__ = [
+    "EXIT_FORCED",
+    "EXIT_OK",
+    "EXIT_PROCESSING_ERROR",
+    "Backoff",
+    "Worker",
+    "handle_stop_signals",
+]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+#: A policy (or decoding) error stopped the worker; nothing of the failed batch was recorded.
+EXIT_PROCESSING_ERROR = 3
+#: A second SIGTERM/SIGINT: exited at once, without finishing the batch (it was rolled back).
+EXIT_FORCED = 5
+
+POLL_INTERVAL = 1.0  # seconds between reads of the leaders' logs without a prompt
+PROGRESS_THRESHOLD = 1000  # notifications behind at start that deserve a progress bar
+
+
+class Backoff:
+    """Delays between attempts: 0.1 s doubling up to ``maximum``; ``reset`` after success."""
+
+    def __init__(self, maximum: float = 5.0) -> None:
+        """Wait at most ``maximum`` seconds between attempts."""
+        self.maximum = maximum
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        """Count an attempt and return how long to wait before the next."""
+        self.attempt += 1
+        return float(min(self.maximum, 0.1 * 2 ** (self.attempt - 1)))
+
+    def reset(self) -> None:
+        """Start again from the shortest delay."""
+        self.attempt = 0
+
+
+@dataclass
+class _Follower:
+    """One follower application in a worker, with its leaders, feeds and lease."""
+
+    app: Follower[Any]
+    leaders: dict[str, Application[Any]]
+    feeds: dict[str, _LeaderFeed[Any]] = field(default_factory=dict)
+    lease: Lease | None = None
+    active: bool = False
+    # Leaders whose backlog is measured (for a progress bar) on the next catch-up.
+    measure_backlog: set[str] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return self.app.name
+
+
+class Worker:
+    """Processes follower applications of a system until stopped.
+
+    ``names`` are the followers to process in this loop (one thread). ``transport``
+    overrides the one ``PROMPT_TRANSPORT`` names; ``use_lease=False`` skips the lease (for a
+    runner that is sure to be alone). ``progress`` is called with ``(follower, leader,
+    done, total)`` while catching up a backlog of over a thousand notifications.
+    """
+
+    def __init__(
+        self,
+        system: System,
+        names: Sequence[str],
+        env: EnvType | None = None,
+        *,
+        poll_interval: float = POLL_INTERVAL,
+        transport: PromptTransport | None = None,
+        use_lease: bool = True,
+        progress: Callable[[str, str, int, int], None] | None = None,
+    ) -> None:
+        """Prepare to process the followers ``names`` of ``system`` (nothing opens yet)."""
+        self.system = system
+        self.names = list(names)
+        self.env = dict(env or {})
+        self.poll_interval = poll_interval
+        self.transport = transport
+        self.use_lease = use_lease
+        self.progress = progress
+        self.followers: list[_Follower] = []
+        self._stopping = threading.Event()
+        self._db_backoff = Backoff()
+        self._transport_backoff = Backoff(maximum=8.0)
+        self._transport_retry_at = 0.0
+        for name in self.names:
+            check_follower_name(system, name)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Construct the followers, their leaders' read-side instances, and the transport.
+
+        Raises the library's errors for unreachable databases and
+        :class:`~runners.errors.ConfigurationError` for bad settings.
+        """
+        try:
+            for name in self.names:
+                self.followers.append(self._open_follower(name))
+            if self.transport is None:
+                self.transport = self._open_transport()
+            else:
+                # A transport given to the worker carries the followers' own prompts too.
+                for entry in self.followers:
+                    if entry.app.prompt_publisher is None:
+                        entry.app.prompt_publisher = PromptPublisher(self.transport)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_follower(self, name: str) -> _Follower:
+        system = self.system
+        leaders: dict[str, Application[Any]] = {}
+        app = system.follower_cls(name)(env=self.env)
+        try:
+            for leader_name in system.follows[name]:
+                leader = system.get_app_cls(leader_name)(env=self.env)
+                leaders[leader_name] = leader
+                app.follow(leader_name, leader.notification_log)
+            entry = _Follower(app, leaders)
+            if self.use_lease:
+                entry.lease = lease_for(name, app.recorder, Environment(name, app.env))
+        except BaseException:
+            for leader in leaders.values():
+                leader.close()
+            app.close()
+            raise
+        return entry
+
+    def _open_transport(self) -> PromptTransport | None:
+        urls = {f.app.env.get("PROMPT_TRANSPORT", "").strip() for f in self.followers}
+        urls.discard("")
+        if not urls:
+            return None
+        if len(urls) > 1:
+            msg = (
+                f"The followers {self.names} name different PROMPT_TRANSPORT values "
+                f"{sorted(urls)}: run them in separate workers, or give them one transport"
+            )
+            raise PromptTransportError(msg)
+        recorders = {n: a.recorder for f in self.followers for n, a in f.leaders.items()}
+        return open_transport(urls.pop(), recorders, recorders=recorders)
+
+    def close(self) -> None:
+        """Release the leases, the transport and every application."""
+        for entry in self.followers:
+            if entry.lease is not None:
+                entry.lease.release()
+            for leader in entry.leaders.values():
+                leader.close()
+            entry.app.close()
+        self.followers = []
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand and return (any thread, or a handler)."""
+        self._stopping.set()
+
+    @property
+    def is_stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping.is_set()
+
+    def run(self) -> int:
+        """Open (if need be), loop until stopped, close; return an exit code.
+
+        Raises :class:`~runners.errors.PolicyError` after logging it, when a policy fails.
+        """
+        if not self.followers:
+            self.open()
+        try:
+            self._loop()
+        finally:
+            self.close()
+        return EXIT_OK
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        next_poll = 0.0
+        while not self.is_stopping:
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + self.poll_interval
+                for entry in self.followers:
+                    for feed in entry.feeds.values():
+                        feed.request_catch_up()
+            self._take_leases()
+            if self._process_all():
+                continue  # stopped part-way (lease lost, or a retry is due): look again
+            self._wait_for_prompts(next_poll)
+
+    def _take_leases(self) -> None:
+        for entry in self.followers:
+            lease = entry.lease
+            held = lease is None or lease.check() or lease.try_acquire()
+            if held and not entry.active:
+                self._activate(entry)
+            elif not held and entry.active:
+                entry.active = False
+                logger.warning("%s: lost the lease (%s); standing by", entry.name, _d(lease))
+
+    def _activate(self, entry: _Follower) -> None:
+        """Start processing from the recorded positions (someone else may have moved them)."""
+        try:
+            entry.feeds = {
+                leader: self._new_feed(entry, leader) for leader in entry.leaders
+            }
+        except PersistenceError as error:
+            self._database_trouble(entry, error)
+            return
+        entry.active = True
+        if entry.lease is not None:
+            logger.info("%s: holding the lease (%s); processing", entry.name, _d(entry.lease))
+        entry.measure_backlog = set(entry.feeds)
+
+    def _new_feed(self, entry: _Follower, leader: str) -> _LeaderFeed[Any]:
+        position = entry.app.recorder.max_tracking_id(leader)
+        feed: _LeaderFeed[Any] = _LeaderFeed(entry.app, leader, position)
+        feed.request_catch_up()
+        return feed
+
+    def _process_all(self) -> bool:
+        """Process every active follower's pending work; True if some was left undone."""
+        left = False
+        for entry in self.followers:
+            if not entry.active:
+                continue
+            for feed in entry.feeds.values():
+                if self.is_stopping:
+                    return True
+                if feed.has_work and not self._process_feed(entry, feed):
+                    left = True
+        return left
+
+    def _process_feed(self, entry: _Follower, feed: _LeaderFeed[Any]) -> bool:
+        """Catch ``feed`` up, batch by batch; False if it stopped before the end."""
+        interrupted = False
+        done_before = feed.position or 0
+        total = self._backlog_total(entry, feed)
+
+        def between_batches() -> bool:
+            nonlocal interrupted
+            if total and self.progress is not None:
+                self.progress(entry.name, feed.leader_name, (feed.position or 0) - done_before,
+                              total)  # fmt: skip
+            interrupted = self.is_stopping or (entry.lease is not None and not entry.lease.check())
+            return interrupted
+
+        try:
+            feed.process_pending(between_batches)
+        except IntegrityError as error:
+            # Not a batch refused because another worker got there first (the feed moves on
+            # from those): the policy's new events conflict with recorded ones.
+            raise self._processing_failed(entry, feed, error) from error
+        except PersistenceError as error:
+            self._database_trouble(entry, error)
+            return False
+        except Exception as error:
+            raise self._processing_failed(entry, feed, error) from error
+        self._db_backoff.reset()
+        if entry.lease is not None and not entry.lease.held:
+            entry.active = False
+            logger.warning("%s: lost the lease (%s); standing by", entry.name, _d(entry.lease))
+        return not interrupted
+
+    def _backlog_total(self, entry: _Follower, feed: _LeaderFeed[Any]) -> int:
+        """The backlog to show a progress bar for (0: no bar)."""
+        if self.progress is None or feed.leader_name not in entry.measure_backlog:
+            return 0
+        entry.measure_backlog.discard(feed.leader_name)
+        last = entry.leaders[feed.leader_name].recorder.max_notification_id() or 0
+        behind = last - (feed.position or 0)
+        return behind if behind >= PROGRESS_THRESHOLD else 0
+
+    def _database_trouble(self, entry: _Follower, error: PersistenceError) -> None:
+        """Log one line, wait (interruptibly), and make the feeds start again from the DB."""
+        delay = self._db_backoff.next_delay()
+        logger.warning(
+            "%s: database error (attempt %d), retrying in %.1fs: %s",
+            entry.name,
+            self._db_backoff.attempt,
+            delay,
+            _one_line(error),
+        )
+        self._stopping.wait(delay)
+        entry.active = False  # re-read positions when it resumes
+
+    def _processing_failed(
+        self, entry: _Follower, feed: _LeaderFeed[Any], error: Exception
+    ) -> PolicyError:
+        notes = " ".join(getattr(error, "__notes__", ()))
+        failed = PolicyError(
+            entry.name,
+            feed.leader_name,
+            _failed_id(notes, feed),
+            _failed_event(notes),
+            f"{type(error).__name__}: {error}",
+        )
+        logger.error("%s stopped: %s %s", entry.name, failed, notes)
+        return failed
+
+    def _wait_for_prompts(self, next_poll: float) -> None:
+        timeout = max(0.0, next_poll - time.monotonic())
+        transport = self.transport
+        if transport is None or time.monotonic() < self._transport_retry_at:
+            self._stopping.wait(min(timeout, 1.0))
+            return
+        try:
+            prompted = transport.wait(min(timeout, 1.0))
+        except TransportConnectionError as error:
+            delay = self._transport_backoff.next_delay()
+            self._transport_retry_at = time.monotonic() + delay
+            logger.warning(
+                "Prompt transport unavailable (attempt %d), polling every %.1fs and trying "
+                "again in %.1fs: %s",
+                self._transport_backoff.attempt,
+                self.poll_interval,
+                delay,
+                _one_line(error),
+            )
+            return
+        if self._transport_backoff.attempt:
+            logger.warning("Prompt transport is back after %d attempts",
+                           self._transport_backoff.attempt)  # fmt: skip
+            self._transport_backoff.reset()
+        for leader in prompted:
+            for entry in self.followers:
+                feed = entry.feeds.get(leader)
+                if feed is not None:
+                    feed.request_catch_up()
+
+
+def check_follower_name(system: System, name: str) -> None:
+    """Raise :class:`UnknownApplicationNameError` unless ``name`` follows in ``system``."""
+    import difflib
+
+    if name in system.follows:
+        return
+    if name in system.nodes:
+        msg = (
+            f"{name!r} follows no application in the system, so it has nothing to process: "
+            f"run workers for its followers {system.leads.get(name, [])} (its saves prompt "
+            "them when PROMPT_TRANSPORT is set)"
+        )
+        raise ConfigurationError(msg)
+    close = difflib.get_close_matches(name, list(system.nodes), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    msg = (
+        f"No application named {name!r} in the system.{hint} Its applications are "
+        f"{list(system.nodes)}; workers run {system.followers}"
+    )
+    raise UnknownApplicationNameError(msg)
+
+
+def handle_stop_signals(stop: Callable[[], None]) -> None:
+    """First SIGTERM/SIGINT: ``stop()`` (finish the batch); second: exit :data:`EXIT_FORCED`."""
+    received = 0
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal received
+        received += 1
+        if received > 1:
+            logger.warning("Second %s: exiting at once", signal.Signals(signum).name)
+            os._exit(EXIT_FORCED)
+        logger.info("%s: finishing the batch in hand, then exiting",
+                    signal.Signals(signum).name)  # fmt: skip
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _d(lease: Lease | None) -> str:
+    return lease.describe() if lease is not None else "no lease"
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _failed_id(notes: str, feed: _LeaderFeed[Any]) -> int:
+    marker = "processing notification "
+    if marker in notes:
+        number = notes.split(marker, 1)[1].split(" ", 1)[0]
+        if number.isdigit():
+            return int(number)
+    return (feed.position or 0) + 1
+
+
+def _failed_event(notes: str) -> str:
+    marker = ": "
+    if "processing notification " in notes and marker in notes:
+        return notes.split(marker, 1)[1].split(" event", 1)[0]
+    return "unknown event"
