@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.error
 import urllib.request
@@ -10,7 +11,17 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from runner_helpers import WAIT, Apps, bulk_tricks, store_env, workers
+from runner_helpers import (
+    ROOT,
+    SYSTEM_TOPIC,
+    TESTS,
+    WAIT,
+    Apps,
+    WorkerProcess,
+    bulk_tricks,
+    store_env,
+    workers,
+)
 from servers import free_port
 from system_model import Counters, DogSchool
 
@@ -135,3 +146,25 @@ def test_metrics_port_without_prometheus_client_names_the_extra(tmp_path: Path) 
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "pip install 'eventsourcing[metrics]'" in result.stderr
+
+
+def test_each_process_of_a_multiprocess_runner_serves_its_own_metrics(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    env = store_env("postgres", tmp_path, request)
+    port = free_port()
+    full_env = {**os.environ, **env, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"}
+    args = ["run", SYSTEM_TOPIC, "--app", "Counters", "--app", "Totals",
+            "--runner", "processes", "--metrics-port", str(port)]  # fmt: skip
+    runner = WorkerProcess(args, full_env, tmp_path / "runner.log").start()
+    try:
+        for offset, name in enumerate(("Counters", "Totals")):
+            wait_status(port + offset, "/readyz", 200)
+            deadline = time.monotonic() + WAIT
+            while value(port + offset, "eventsourcing_lease_held", follower=name) != 1.0:
+                assert time.monotonic() < deadline, runner.text()
+                time.sleep(0.05)
+        assert runner.terminate() == 0
+    finally:
+        if runner.process is not None and runner.process.poll() is None:
+            runner.kill()
