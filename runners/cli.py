@@ -27,6 +27,7 @@ from runners.errors import (
     SystemTopicError,
     TransportConnectionError,
 )
+from runners.metrics import UNHEALTHY_AFTER, serve_metrics
 from runners.worker import (
     EXIT_FORCED,
     EXIT_OK,
@@ -80,7 +81,16 @@ prefixed by their name to single one out (COUNTERS_POSTGRES_DBNAME), for example
 
 environment variables: every option has one, EVENTSOURCING_RUNNER_ and the option in
 capitals (EVENTSOURCING_RUNNER_SYSTEM, _APP as a comma-separated list, _ALL, _RUNNER,
-_POLL_INTERVAL, _NO_LEASE, _JSON, _WATCH, _INTERVAL, _LOG_LEVEL, _TRACEBACK).
+_POLL_INTERVAL, _NO_LEASE, _METRICS_PORT, _METRICS_HOST, _UNHEALTHY_AFTER, _JSON, _WATCH,
+_INTERVAL, _LOG_LEVEL, _TRACEBACK).
+
+health and metrics (--metrics-port N, needs pip install 'eventsourcing[metrics]'):
+  GET /healthz  200 while the worker runs (holding its lease or standing by); 503 once its
+                database has failed for --unhealthy-after seconds: a liveness probe
+  GET /readyz   200 once connected and while the database answers: a readiness probe
+  GET /metrics  Prometheus metrics: notifications processed, events recorded, batch
+                durations, tracked and leader positions, lag, last batch time, lease held
+  with --runner processes, the i-th application's process serves on N + i
 
 exit codes:
   0  stopped cleanly (SIGTERM/SIGINT finish the batch in hand first)
@@ -181,6 +191,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=_env_flag("NO_LEASE"),
         help="don't take the lease (only if no other worker can run the same application)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env("METRICS_PORT"),
+        metavar="N",
+        help="serve /healthz, /readyz and /metrics on port N (the metrics extra)",
+    )
+    run.add_argument(
+        "--metrics-host",
+        default=_env("METRICS_HOST", "127.0.0.1"),
+        metavar="HOST",
+        help="address to serve them on (default 127.0.0.1; 0.0.0.0 in a container)",
+    )
+    run.add_argument(
+        "--unhealthy-after",
+        type=_positive,
+        default=_env("UNHEALTHY_AFTER", str(UNHEALTHY_AFTER)),
+        metavar="SECONDS",
+        help=f"/healthz fails after this long without a database (default {UNHEALTHY_AFTER:g})",
     )
     status = commands.add_parser(
         "status",
@@ -295,8 +325,11 @@ def _systems_in(module: Any) -> list[str]:
 def _run(args: argparse.Namespace, system: System) -> int:
     names = _chosen_names(args, system)
     if args.runner == "processes":
-        return _run_processes(system, names)
+        return _run_processes(system, names, args)
     progress = _progress_bars() if sys.stderr.isatty() else None
+    metrics = None
+    if args.metrics_port is not None:
+        metrics = serve_metrics(args.metrics_port, args.metrics_host, args.unhealthy_after)[0]
     groups = [names] if args.runner == "single" else [[name] for name in names]
     workers = [
         Worker(
@@ -305,6 +338,7 @@ def _run(args: argparse.Namespace, system: System) -> int:
             poll_interval=args.poll_interval,
             use_lease=not args.no_lease,
             progress=progress,
+            metrics=metrics,
         )
         for group in groups
     ]
@@ -363,10 +397,16 @@ def _run_in_threads(workers: list[Worker], stop_all: Callable[[], None]) -> int:
     return EXIT_OK
 
 
-def _run_processes(system: System, names: list[str]) -> int:
+def _run_processes(system: System, names: list[str], args: argparse.Namespace) -> int:
     from runners.multiprocess import MultiProcessRunner
 
-    runner = MultiProcessRunner(system, followers=names)
+    runner = MultiProcessRunner(
+        system,
+        followers=names,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        unhealthy_after=args.unhealthy_after,
+    )
     stopping = threading.Event()
     handle_stop_signals(stopping.set)
     with runner:

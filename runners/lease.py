@@ -47,6 +47,8 @@ class Lease(ABC):
         self.name = name
         self.held = False
         self._checked_at = 0.0
+        #: The last connection failure of :meth:`try_acquire` or :meth:`check` (None: fine).
+        self.error: str | None = None
 
     @abstractmethod
     def describe(self) -> str:
@@ -66,8 +68,9 @@ class Lease(ABC):
         if not self.held:
             try:
                 self.held = self._try_acquire()
-            except (OSError, PersistenceError, TransportConnectionError):
-                self.held = False
+                self.error = None
+            except (OSError, PersistenceError, TransportConnectionError) as e:
+                self.held, self.error = False, str(e)
             self._checked_at = time.monotonic()
         return self.held
 
@@ -76,8 +79,9 @@ class Lease(ABC):
         if self.held and time.monotonic() - self._checked_at >= CHECK_INTERVAL:
             try:
                 self.held = self._still_held()
-            except (OSError, PersistenceError, TransportConnectionError):
-                self.held = False
+                self.error = None
+            except (OSError, PersistenceError, TransportConnectionError) as e:
+                self.held, self.error = False, str(e)
             self._checked_at = time.monotonic()
         return self.held
 

@@ -36,6 +36,7 @@ from eventsourcing.system import (
 )
 from eventsourcing.utils import Environment, EnvType, get_topic, resolve_topic
 from runners.errors import ConfigurationError, NotShareableError, PolicyError
+from runners.metrics import UNHEALTHY_AFTER, require_prometheus, serve_metrics
 from runners.transports.multiprocess import QueueTransport
 from runners.worker import (
     EXIT_PROCESSING_ERROR,
@@ -69,7 +70,9 @@ class MultiProcessRunner(Runner[Any]):
     """Runs each follower of a system in a process of its own (spawned).
 
     ``followers`` restricts the processes to some followers (default: all). The start
-    method is ``spawn`` unless ``start_method`` says ``forkserver``.
+    method is ``spawn`` unless ``start_method`` says ``forkserver``. With ``metrics_port``,
+    the i-th follower's process serves its health and metrics on ``metrics_port + i``
+    (see :mod:`runners.metrics`).
     """
 
     STOP_TIMEOUT: ClassVar[float] = 10.0
@@ -83,11 +86,17 @@ class MultiProcessRunner(Runner[Any]):
         followers: list[str] | None = None,
         poll_interval: float = POLL_INTERVAL,
         start_method: str = "spawn",
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        unhealthy_after: float = UNHEALTHY_AFTER,
     ) -> None:
         """Check that every application's store can be shared between processes."""
         super().__init__(system, env)
         self.followers = list(system.followers if followers is None else followers)
         self.poll_interval = poll_interval
+        self._metrics = (metrics_host, metrics_port, unhealthy_after)
+        if metrics_port is not None:
+            require_prometheus()
         self._context: Any = multiprocessing.get_context(start_method)
         self._merged = {**os.environ, **dict(env or {})}
         for name in system.nodes:
@@ -142,7 +151,11 @@ class MultiProcessRunner(Runner[Any]):
     def _spawn(self, child: _Child) -> None:
         edges = [(get_topic(self.system.get_app_cls(a)), get_topic(self.system.get_app_cls(b)))
                  for a, b in self.system.edges]  # fmt: skip
-        args = (edges, child.name, self.env, self.poll_interval, child.inbox, self._routes)
+        host, port, unhealthy_after = self._metrics
+        serve = None
+        if port is not None:
+            serve = (host, port + self.followers.index(child.name), unhealthy_after)
+        args = (edges, child.name, self.env, self.poll_interval, child.inbox, self._routes, serve)
         process = self._context.Process(
             target=_child_main, args=(*args, self._error_queue), name=f"worker {child.name}"
         )
@@ -267,6 +280,7 @@ def _child_main(
     poll_interval: float,
     inbox: Any,
     routes: dict[str, list[Any]],
+    serve: tuple[str, int, float] | None,
     errors: Any,
 ) -> None:
     """A child's life: rebuild the system, run the worker for ``name``, exit with its code."""
@@ -278,7 +292,12 @@ def _child_main(
     transport = None
     if inbox is not None:
         transport = QueueTransport(inbox, routes, system.follows[name])
-    worker = Worker(system, [name], env, poll_interval=poll_interval, transport=transport)
+    metrics = None
+    if serve is not None:
+        host, port, unhealthy_after = serve
+        metrics = serve_metrics(port, host, unhealthy_after)[0]
+    worker = Worker(system, [name], env, poll_interval=poll_interval, transport=transport,
+                    metrics=metrics)  # fmt: skip
     handle_stop_signals(worker.stop)
     try:
         worker.run()

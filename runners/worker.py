@@ -40,6 +40,7 @@ from runners.errors import (
     UnknownApplicationNameError,
 )
 from runners.lease import Lease, lease_for
+from runners.metrics import WorkerMetrics
 from runners.transports import PromptTransport, open_transport
 
 __all__ = [
@@ -105,6 +106,7 @@ class Worker:
     overrides the one ``PROMPT_TRANSPORT`` names; ``use_lease=False`` skips the lease (for a
     runner that is sure to be alone). ``progress`` is called with ``(follower, leader,
     done, total)`` while catching up a backlog of over a thousand notifications.
+    ``metrics`` is told of batches, positions, leases and database errors.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class Worker:
         transport: PromptTransport | None = None,
         use_lease: bool = True,
         progress: Callable[[str, str, int, int], None] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         """Prepare to process the followers ``names`` of ``system`` (nothing opens yet)."""
         self.system = system
@@ -126,6 +129,7 @@ class Worker:
         self.transport = transport
         self.use_lease = use_lease
         self.progress = progress
+        self.metrics = metrics
         self.followers: list[_Follower] = []
         self._stopping = threading.Event()
         self._db_backoff = Backoff()
@@ -152,6 +156,10 @@ class Worker:
                 for entry in self.followers:
                     if entry.app.prompt_publisher is None:
                         entry.app.prompt_publisher = PromptPublisher(self.transport)
+            if self.metrics is not None:
+                for entry in self.followers:
+                    _count_recorded_events(entry.app, self.metrics)
+                self.metrics.connected()
         except BaseException:
             self.close()
             raise
@@ -229,11 +237,15 @@ class Worker:
     def _loop(self) -> None:
         next_poll = 0.0
         while not self.is_stopping:
+            if self.metrics is not None:
+                self.metrics.beat()
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + self.poll_interval
                 for entry in self.followers:
                     for feed in entry.feeds.values():
                         feed.request_catch_up()
+                for entry in self.followers:
+                    self._measure_positions(entry)
             self._take_leases()
             if self._process_all():
                 continue  # stopped part-way (lease lost, or a retry is due): look again
@@ -243,6 +255,8 @@ class Worker:
         for entry in self.followers:
             lease = entry.lease
             held = lease is None or lease.check() or lease.try_acquire()
+            if self.metrics is not None:
+                self._measure_lease(entry, held)
             if held and not entry.active:
                 self._activate(entry)
             elif not held and entry.active:
@@ -259,6 +273,7 @@ class Worker:
             self._database_trouble(entry, error)
             return
         entry.active = True
+        self._measure_positions(entry)
         if entry.lease is not None:
             logger.info("%s: holding the lease (%s); processing", entry.name, _d(entry.lease))
         entry.measure_backlog = set(entry.feeds)
@@ -287,9 +302,21 @@ class Worker:
         interrupted = False
         done_before = feed.position or 0
         total = self._backlog_total(entry, feed)
+        batch_start, batch_position = time.monotonic(), done_before
+
+        def measure_batch() -> None:
+            nonlocal batch_start, batch_position
+            position = feed.position or 0
+            if self.metrics is not None and position > batch_position:
+                self.metrics.batch(entry.name, feed.leader_name, position - batch_position,
+                                   time.monotonic() - batch_start)  # fmt: skip
+                self.metrics.beat()
+                self.metrics.positions(entry.name, feed.leader_name, position)
+            batch_start, batch_position = time.monotonic(), position
 
         def between_batches() -> bool:
             nonlocal interrupted
+            measure_batch()
             if total and self.progress is not None:
                 self.progress(entry.name, feed.leader_name, (feed.position or 0) - done_before,
                               total)  # fmt: skip
@@ -298,6 +325,7 @@ class Worker:
 
         try:
             feed.process_pending(between_batches)
+            measure_batch()  # the last batch (an exhausted log asks nothing)
         except IntegrityError as error:
             # Not a batch refused because another worker got there first (the feed moves on
             # from those): the policy's new events conflict with recorded ones.
@@ -308,6 +336,8 @@ class Worker:
         except Exception as error:
             raise self._processing_failed(entry, feed, error) from error
         self._db_backoff.reset()
+        if self.metrics is not None:
+            self.metrics.database_ok(entry.name)
         if entry.lease is not None and not entry.lease.held:
             entry.active = False
             logger.warning("%s: lost the lease (%s); standing by", entry.name, _d(entry.lease))
@@ -325,6 +355,8 @@ class Worker:
     def _database_trouble(self, entry: _Follower, error: PersistenceError) -> None:
         """Log one line, wait (interruptibly), and make the feeds start again from the DB."""
         delay = self._db_backoff.next_delay()
+        if self.metrics is not None:
+            self.metrics.database_error(entry.name)
         logger.warning(
             "%s: database error (attempt %d), retrying in %.1fs: %s",
             entry.name,
@@ -348,6 +380,26 @@ class Worker:
         )
         logger.error("%s stopped: %s %s", entry.name, failed, notes)
         return failed
+
+    def _measure_positions(self, entry: _Follower) -> None:
+        """Tell the metrics how far behind an active follower is."""
+        if self.metrics is None or not entry.active:
+            return
+        for leader_name, feed in entry.feeds.items():
+            try:
+                last = entry.leaders[leader_name].recorder.max_notification_id() or 0
+            except PersistenceError:
+                return  # the loop meets the same error and retries
+            self.metrics.positions(entry.name, leader_name, feed.position or 0, last)
+
+    def _measure_lease(self, entry: _Follower, held: bool) -> None:
+        """Tell the metrics whether the lease is held, and whether its database answers."""
+        assert self.metrics is not None
+        self.metrics.lease(entry.name, held)
+        if entry.lease is not None and entry.lease.error is not None:
+            self.metrics.database_error(entry.name, "lease")
+        else:
+            self.metrics.database_ok(entry.name, "lease")
 
     def _wait_for_prompts(self, next_poll: float) -> None:
         timeout = max(0.0, next_poll - time.monotonic())
@@ -378,6 +430,18 @@ class Worker:
                 feed = entry.feeds.get(leader)
                 if feed is not None:
                     feed.request_catch_up()
+
+
+def _count_recorded_events(app: Application[Any], metrics: WorkerMetrics) -> None:
+    """Count the events ``app`` records (in a worker, its policy's) in ``metrics``."""
+    record = app._record
+
+    def counted(processing_event: Any) -> Any:
+        recordings = record(processing_event)
+        metrics.events_recorded(app.name, len(recordings))
+        return recordings
+
+    setattr(app, "_record", counted)  # noqa: B010 (mypy refuses assigning to a method)
 
 
 def check_follower_name(system: System, name: str) -> None:
