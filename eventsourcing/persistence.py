@@ -569,6 +569,52 @@ class Recording(Generic[TAggregateID]):
         _set(self, "notification", notification)
 
 
+_notification_slot = Recording.__dict__["notification"]
+
+
+class _SavedRecording(Recording[TAggregateID]):
+    """A recording that makes its notification when first asked: ``save()`` returns one per
+    event, and most callers never look at the notification."""
+
+    __slots__ = ("_notification_id", "_stored_event")
+    _notification_id: int
+    _stored_event: StoredEvent
+
+    def __init__(
+        self, domain_event: DomainEventType, stored_event: StoredEvent, notification_id: int
+    ) -> None:
+        _set(self, "domain_event", domain_event)
+        _set(self, "_stored_event", stored_event)
+        _set(self, "_notification_id", notification_id)
+
+    @property
+    def notification(self) -> Notification:
+        """The notification the event became (made on first use)."""
+        try:
+            notification: Notification = _notification_slot.__get__(self)
+        except AttributeError:
+            s = self._stored_event
+            notification = Notification(
+                s.originator_id, s.originator_version, s.topic, s.state, self._notification_id
+            )
+            _notification_slot.__set__(self, notification)
+        return notification
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Recording):
+            return NotImplemented
+        return (self.domain_event, self.notification) == (other.domain_event, other.notification)
+
+    __hash__ = Recording.__hash__
+
+    def __repr__(self) -> str:
+        return f"Recording(domain_event={self.domain_event!r}, notification={self.notification!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Copied or pickled, it is a plain Recording.
+        return Recording, (self.domain_event, self.notification)
+
+
 # ---------------------------------------------------------------------------------------------
 # Compression and encryption
 
@@ -909,10 +955,7 @@ class EventStore(Generic[TAggregateID]):
         ids = self.recorder.insert_events(stored_events, **kwargs)
         if ids is None:
             return []
-        return [
-            Recording(e, Notification(s.originator_id, s.originator_version, s.topic, s.state, i))
-            for e, s, i in zip(domain_events, stored_events, ids, strict=False)
-        ]
+        return list(map(_SavedRecording, domain_events, stored_events, ids))
 
     def get(
         self,
