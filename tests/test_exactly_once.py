@@ -66,16 +66,19 @@ class Cluster:
         process = self.start("process", name, python, PROCESS_BATCH_SIZE=batch_size)
         self.workers.append((name, process))
 
-    def kill_one(self, rng: random.Random) -> None:
-        """SIGKILL a random worker and start another in its place (same interpreter)."""
-        index = rng.randrange(len(self.workers))
-        name, process = self.workers.pop(index)
+    def kill_one(self, rng: random.Random, python: str | None = None) -> None:
+        """SIGKILL a random worker (of ``python``, if given) and start another in its place."""
+        candidates = [
+            i for i, (_, p) in enumerate(self.workers) if python in (None, self._python_of(p))
+        ]
+        name, process = self.workers.pop(rng.choice(candidates))
         process.kill()
         process.wait()
         self.kills += 1
         self.start_worker(name, self._python_of(process))
 
-    def _python_of(self, process: subprocess.Popen[bytes]) -> str:
+    @staticmethod
+    def _python_of(process: subprocess.Popen[bytes]) -> str:
         args = process.args
         assert isinstance(args, list)
         return str(args[0])
@@ -242,11 +245,7 @@ def test_a_9_5_6_process_and_ours_on_one_follower_process_each_notification_once
         while producer.poll() is None:
             time.sleep(rng.uniform(0.2, 0.6))
             cluster.check_alive()
-            ours = [i for i, (_, p) in enumerate(cluster.workers) if p.args[0] == sys.executable]  # type: ignore[index]
-            name, process = cluster.workers.pop(rng.choice(ours))
-            process.kill()
-            process.wait()
-            cluster.start_worker(name)
+            cluster.kill_one(rng, python=sys.executable)
         assert producer.wait() == 0
         _wait_until_caught_up(cluster, store_env)
     finally:
