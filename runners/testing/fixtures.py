@@ -47,8 +47,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--eventsourcing-servers",
         metavar="SOURCES",
         default=None,
-        help=f"where PostgreSQL and Redis test servers may come from, in order, a "
-        f"comma-separated subset of {','.join(SOURCES)} (default: all; also "
+        help=f"where PostgreSQL and Redis test servers may come from: a comma-separated "
+        f"subset of {','.join(SOURCES)}, tried in that order (default: all; also "
         f"{SOURCES_VARIABLE})",
     )
 
