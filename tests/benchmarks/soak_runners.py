@@ -120,6 +120,9 @@ def soak(args: argparse.Namespace, env: dict[str, str], redis: RedisServer, tmp:
         except AssertionError:
             worker.start()
             exits_restarted += 1
+        if kills % 10 == 0:
+            print(f"{time.monotonic() - started:.0f}s: {kills} kills, {outages} Redis outages, "
+                  f"recovery p50 {statistics.median(recoveries):.2f}s", flush=True)  # fmt: skip
     produced = time.monotonic() - started
     tricks = {UUID(k): v for k, v in json.loads(out.read_text()).items()}
     expected = Expected(list(tricks), tricks, 0)

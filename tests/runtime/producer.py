@@ -12,7 +12,7 @@ import sys
 
 from system_model import DogSchool
 
-DOGS = 50
+EVENTS_PER_DOG = 100  # a command replays its dog: keep each dog's history short
 
 
 def main() -> None:
@@ -20,10 +20,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     events, out = int(sys.argv[1]), sys.argv[2]
     school = DogSchool()
-    dog_ids = [school.register(f"dog{i}") for i in range(DOGS)]
+    dogs = max(1, events // EVENTS_PER_DOG)
+    dog_ids = [school.register(f"dog{i}") for i in range(dogs)]
     tricks = dict.fromkeys(dog_ids, 0)
-    for n in range(events - DOGS):
-        dog_id = dog_ids[n % DOGS]
+    for n in range(events - dogs):
+        dog_id = dog_ids[n % dogs]
         school.add_trick(dog_id, "sit")
         tricks[dog_id] += 1
     with open(out, "w") as f:

@@ -59,7 +59,8 @@ def test_sigkills_and_a_redis_outage_while_a_producer_saves(
     kills = 0
     redis_down_at: float | None = None
     redis_outages = 0
-    while producer.poll() is None or kills < KILLS:
+    # At least KILLS kills, and more while the producer saves, up to twice as many.
+    while kills < KILLS or (producer.poll() is None and kills < 2 * KILLS):
         time.sleep(rng.uniform(0.05, 0.5))
         worker = running[rng.choice(list(running))]
         worker.kill()
@@ -77,10 +78,11 @@ def test_sigkills_and_a_redis_outage_while_a_producer_saves(
             stoppable_redis.resume()
             redis_down_at = None
             redis_outages += 1
-        assert kills < 400, "the producer never finished"
     if redis_down_at is not None:
+        time.sleep(max(0.0, 3 - (time.monotonic() - redis_down_at)))
         stoppable_redis.resume()
         redis_outages += 1
+    producer.wait(timeout=300)
     producer_log.close()
     assert producer.returncode == 0, (tmp_path / "producer.log").read_text()
     assert redis_outages == 1
