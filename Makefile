@@ -26,7 +26,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 demo: $(STAMP)
-	$(BIN)/python -m examples.dogschool
+	$(BIN)/python -m examples.paxos demo
 
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/run.py

@@ -32,6 +32,7 @@ REPORT = HERE / "RESULTS.md"
 DEFAULT_ESBENCH = ROOT.parent / "shared" / "bench" / "esbench.py"
 WORKLOADS = "domain,command,bulk,read,log,system,concurrent,latency,raw"
 BEGIN, END = "<!-- ANALYSIS -->", "<!-- /ANALYSIS -->"
+PAXOS_BEGIN, PAXOS_END = "<!-- PAXOS -->", "<!-- /PAXOS -->"  # written by paxos.py
 
 sys.path.insert(0, str(HERE.parent))
 from anchor import anchor_python  # noqa: E402
@@ -106,9 +107,9 @@ def snapshots_table(anchor: dict[str, float], ours: dict[str, float]) -> str:
     return "\n".join(rows)
 
 
-def kept_analysis() -> str:
+def kept_analysis(begin: str = BEGIN, end: str = END) -> str:
     if REPORT.exists():
-        match = re.search(f"{BEGIN}(.*?){END}", REPORT.read_text(), flags=re.DOTALL)
+        match = re.search(f"{begin}(.*?){end}", REPORT.read_text(), flags=re.DOTALL)
         if match:
             return match.group(1).strip()
     return "(to be written)"
@@ -147,6 +148,12 @@ Ratios are ours / anchor (medians; above 1 is faster). Raw JSON is in `results/`
 {BEGIN}
 {kept_analysis()}
 {END}
+
+## Paxos example (`paxos.py`)
+
+{PAXOS_BEGIN}
+{kept_analysis(PAXOS_BEGIN, PAXOS_END)}
+{PAXOS_END}
 
 ## Ratios (esbench workloads)
 

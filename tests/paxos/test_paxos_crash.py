@@ -1,0 +1,142 @@
+"""Acceptance 4: replicas in OS processes of their own, killed with SIGKILL and restarted.
+
+Each replica runs in a worker process (``paxos_worker.py``) over its own SQLite file, or its
+own tables in PostgreSQL; clients in this process record requests in a replica's database
+and wait for its result, as a client of a running cluster does. One replica is killed at a
+random moment of a run and restarted: it catches up and agrees, and the history is
+linearizable. With two of three replicas killed, nothing is chosen; when one comes back,
+the request waiting on the third is chosen and applied, once.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from linearizability import History, assert_linearizable
+from paxos_cluster import (
+    Cluster,
+    assert_agreement,
+    replica_env,
+    run_clients,
+    wait_until_agreed,
+)
+
+from examples.paxos.application import CommandTimeoutError, Replica
+from examples.paxos.system import Replica0, Replica1, Replica2
+
+pytestmark = pytest.mark.timeout(240)
+
+CLASSES = (Replica0, Replica1, Replica2)
+
+
+@pytest.fixture(params=["sqlite_file", "postgres"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """Each persistent back end, with quick nudges and polling for the clients."""
+    return {
+        **replica_env(request.param, request, tmp_path),
+        "SQLITE_LOCK_TIMEOUT": "20",
+        "PAXOS_NUDGE_AFTER": "0.5",
+        "PAXOS_POLL_INTERVAL": "0.01",
+    }
+
+
+@pytest.fixture
+def cluster(env: dict[str, str], tmp_path: Path) -> Iterator[Cluster]:
+    """The three workers, started."""
+    cluster = Cluster(env, tmp_path)
+    try:
+        for cls in CLASSES:
+            cluster.start(cls.name)
+        yield cluster
+    finally:
+        for worker in cluster.workers.values():
+            worker.kill()
+            worker.wait()
+
+
+@pytest.fixture
+def clients(env: dict[str, str]) -> Iterator[list[Replica]]:
+    """Client-side instances of the three replicas (nothing processes in this process)."""
+    replicas = [cls(env=env) for cls in CLASSES]
+    yield replicas
+    for replica in replicas:
+        replica.close()
+
+
+def test_a_replica_killed_mid_run_catches_up_and_agrees(
+    cluster: Cluster, clients: list[Replica]
+) -> None:
+    history = History()
+    rng = random.Random()
+
+    killed_at: list[float] = []
+
+    def kill_and_restart() -> None:
+        time.sleep(rng.uniform(0.2, 1.0))
+        cluster.kill("Replica1")
+        killed_at.append(history.now())
+        time.sleep(rng.uniform(0.5, 1.5))
+        cluster.start("Replica1")
+
+    killer = threading.Thread(target=kill_and_restart)
+    killer.start()
+    request_ids = run_clients(
+        clients, history, commands_per_replica=30, clients_per_replica=3, keys=4, seed=5
+    )
+    killer.join()
+    # Every command returned (those through Replica1 once it was back), some of them
+    # invoked before the kill and completed after it.
+    assert all(op.completed is not None for op in history.operations)
+    assert any(op.invoked < killed_at[0] < (op.completed or 0) for op in history.operations)
+    wait_until_agreed(clients, at_least=len(request_ids))
+    assert_agreement(clients, request_ids)
+    assert_linearizable(history.operations)
+    cluster.stop()
+
+
+def test_no_progress_without_a_majority_and_none_chosen_twice(
+    cluster: Cluster, clients: list[Replica]
+) -> None:
+    r0, r1, _ = clients
+    r0.put("x", "1")
+    r1.put("x", "2")
+    wait_until_agreed(clients, at_least=2)
+
+    cluster.kill("Replica1")
+    cluster.kill("Replica2")
+    command = r0.command("put", "x", value="3")
+    with pytest.raises(CommandTimeoutError):
+        r0.execute(command, timeout=3)  # nudged several times meanwhile
+    # Nothing chosen anywhere since the kills; replica 0 has tried, in one slot at least.
+    assert chosen_commands(clients) == [2, 2, 2]
+    attempts = r0.slot(2)
+    assert attempts is not None and attempts.ballot is not None and attempts.chosen is None
+
+    cluster.start("Replica1")
+    assert r0.wait_for(command.request_id, timeout=30).result is None
+    assert r0.get("x") == "3"
+    cluster.start("Replica2")
+    wait_until_agreed(clients, at_least=4)
+    applied = {c.request_id for c in r0.applied_commands() if c.op != "noop"}
+    log = assert_agreement(clients, applied)
+    assert [c.value for c in log if c.op == "put"] == ["1", "2", "3"]
+    cluster.stop()
+
+
+def chosen_commands(replicas: list[Replica]) -> list[int]:
+    """How many slots each replica knows to be chosen (looking a little past the last)."""
+    counts = []
+    for replica in replicas:
+        number, chosen, misses = 0, 0, 0
+        while misses < 20:
+            slot = replica.slot(number)
+            misses = misses + 1 if slot is None else 0
+            chosen += slot is not None and slot.chosen is not None
+            number += 1
+        counts.append(chosen)
+    return counts
