@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 import pytest
-from conftest import PostgresDatabase
 
 from eventsourcing.application import (
     AggregateNotFoundError,
@@ -48,6 +47,7 @@ from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording,
 from eventsourcing.tests import application as reusable
 from eventsourcing.tests.application import BankAccounts
 from eventsourcing.tests.domain import BankAccount
+from runners.testing.postgres import PostgresDatabase
 
 # Variables that would change what these tests construct if the caller's shell set them.
 CONFIG_KEYS = (

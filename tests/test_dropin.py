@@ -18,8 +18,6 @@ from uuid import UUID, uuid4
 import psycopg
 import psycopg.sql
 import pytest
-from conftest import PostgresDatabase
-from servers import free_port
 from system_model import Counters, DogSchool
 
 from eventsourcing.domain import Aggregate, CanMutateAggregate
@@ -52,6 +50,8 @@ from eventsourcing.system import (
 )
 from eventsourcing.tests.persistence import tmpfile_uris
 from eventsourcing.utils import Environment
+from runners.testing.postgres import PostgresDatabase
+from runners.testing.servers import free_port
 
 # ---------------------------------------------------------------------------------------------
 # eventsourcing.tests.postgres_utils

@@ -11,7 +11,6 @@ from uuid import UUID, uuid4
 
 import psycopg
 import pytest
-from conftest import PostgresDatabase
 
 from eventsourcing.persistence import (
     ConnectionUnavailableError,
@@ -34,6 +33,7 @@ from eventsourcing.postgres import (
 )
 from eventsourcing.tests import persistence as contract
 from eventsourcing.utils import Environment, get_topic
+from runners.testing.postgres import PostgresDatabase
 
 
 class PostgresTestCase:

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from anchor import anchor_python
-from conftest import PostgresDatabase
-from servers import PostgresServer
 from test_compat import VARIANTS, check_contents, dump, run
+
+from runners.testing.postgres import PostgresDatabase, PostgresServer
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ from uuid import UUID, uuid4
 
 import psycopg
 import pytest
-from conftest import PostgresDatabase
 from psycopg.sql import SQL
 
 from eventsourcing.application import Application
@@ -30,6 +29,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.utils import Environment
+from runners.testing.postgres import PostgresDatabase
 
 
 def datastore(db: PostgresDatabase, **kwargs: Any) -> PostgresDatastore:

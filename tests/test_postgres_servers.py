@@ -1,15 +1,12 @@
-"""The server fixtures themselves: real servers, a database of each test's own, and CI rules."""
+"""The server fixtures themselves: real servers, and a database of each test's own (the CI
+rules are tested with the plugin, in test_testing_plugin.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from conftest import PostgresDatabase
-from servers import PostgresServer, RedisServer
+
+from runners.testing.postgres import PostgresDatabase, PostgresServer
+from runners.testing.redis import RedisServer
 
 
 def test_postgres_database_is_fresh_and_own(postgres_database: PostgresDatabase) -> None:
@@ -49,35 +46,3 @@ def test_redis_server_is_a_real_server(redis_server: RedisServer) -> None:
         assert client.info("server")["redis_version"]
     finally:
         client.close()
-
-
-PROBE = """
-def test_needs_postgres(postgres_database):
-    pass
-"""
-
-
-@pytest.mark.parametrize(("ci", "outcome"), [("true", "error"), ("", "skipped")])
-def test_missing_server_fails_under_ci_and_skips_locally(
-    tmp_path: Path, ci: str, outcome: str
-) -> None:
-    """With POSTGRES_HOST naming no server, CI=true fails the run; locally it skips."""
-    tests = Path(__file__).parent
-    (tmp_path / "test_probe.py").write_text(PROBE)
-    (tmp_path / "conftest.py").write_text((tests / "conftest.py").read_text())
-    env = {
-        **os.environ,
-        "CI": ci,
-        "POSTGRES_HOST": "127.0.0.1",
-        "POSTGRES_PORT": "1",  # nothing listens there
-        "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)]),
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(tmp_path)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert f"1 {outcome}" in result.stdout, result.stdout
-    assert "POSTGRES_HOST is set but the server at 127.0.0.1:1 can't be used" in result.stdout

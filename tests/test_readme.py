@@ -1,4 +1,8 @@
-"""Every Python block of README.md runs, in order and unchanged, as one program."""
+"""Every Python block of README.md runs, in order and unchanged, as one program.
+
+(The ```py blocks that start with a file name are the files of a user's project instead:
+tests/test_testing_plugin.py runs them as that project.)
+"""
 
 from __future__ import annotations
 

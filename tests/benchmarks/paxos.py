@@ -11,8 +11,8 @@ and the transactions they committed, per chosen command. Results go to
     python tests/benchmarks/paxos.py                              # popo and sqlite
     python tests/benchmarks/paxos.py --backends popo,sqlite,postgres --seconds 5
 
-PostgreSQL uses the POSTGRES_* variables if they are set, else a throwaway server from the
-test suite's binaries (``tests/servers.py``).
+PostgreSQL uses the POSTGRES_* variables if they are set, else a throwaway server that the
+pytest plugin's code starts (``runners.testing.postgres``).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def postgres_database() -> Iterator[dict[str, str]]:
     """POSTGRES_* settings of a fresh database (dropped after)."""
     global _server
     if _server is None:
-        from servers import resolve_postgres
+        from runners.testing.postgres import resolve_postgres
 
         _server = resolve_postgres()
     name = f"paxos_bench_{os.getpid()}_{next(_databases)}"

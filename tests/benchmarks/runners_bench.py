@@ -39,10 +39,11 @@ ROOT = TESTS.parent
 sys.path[:0] = [str(HERE), str(TESTS)]
 
 from runner_system import SYSTEM, Sink, Source  # noqa: E402
-from servers import resolve_postgres, resolve_redis  # noqa: E402
 
 from eventsourcing.system import MultiThreadedRunner  # noqa: E402
 from runners import MultiProcessRunner  # noqa: E402
+from runners.testing.postgres import resolve_postgres  # noqa: E402
+from runners.testing.redis import resolve_redis  # noqa: E402
 
 RUNNERS = {
     "postgres": ["threads", "processes", "worker+redis", "worker+kombu", "worker+postgres"],

@@ -31,13 +31,14 @@ sys.path[:0] = [str(TESTS), str(TESTS / "runtime")]
 from runner_helpers import (  # noqa: E402
     ROOT,
     Apps,
-    StoppableRedis,
     WorkerProcess,
     assert_exactly_once,
     wait_settled,
 )
-from servers import resolve_postgres  # noqa: E402
 from system_model import Counters, Expected  # noqa: E402
+
+from runners.testing.postgres import resolve_postgres  # noqa: E402
+from runners.testing.redis import RedisServer, resolve_redis  # noqa: E402
 
 
 def main() -> None:
@@ -50,8 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="soak-runners-"))
     server = resolve_postgres()
-    redis = StoppableRedis()
-    redis.start()
+    redis = resolve_redis(["pip", "path"])  # a server of our own, to halt and resume
     try:
         name = f"soak_{os.getpid()}"
         server.create_database(name)
@@ -76,7 +76,7 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def soak(args: argparse.Namespace, env: dict[str, str], redis: StoppableRedis, tmp: Path) -> dict:
+def soak(args: argparse.Namespace, env: dict[str, str], redis: RedisServer, tmp: Path) -> dict:
     full_env = {**os.environ, **env, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"}
     workers = {
         app: WorkerProcess(
@@ -113,9 +113,9 @@ def soak(args: argparse.Namespace, env: dict[str, str], redis: StoppableRedis, t
         kills += 1
         worker.start()
         if kills % outage_every == 0 and outages < args.redis_outages:
-            redis.stop()
+            redis.halt()
             time.sleep(rng.uniform(2, 5))
-            redis.start()
+            redis.resume()
             outages += 1
         for other in workers.values():
             if other.process is not None and other.process.poll() is not None:

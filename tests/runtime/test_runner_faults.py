@@ -20,7 +20,6 @@ from runner_helpers import (
     ROOT,
     TESTS,
     Apps,
-    StoppableRedis,
     assert_exactly_once,
     bulk_tricks,
     stoppable_redis,
@@ -29,6 +28,8 @@ from runner_helpers import (
     workers,
 )
 from system_model import Counters, DogSchool, Expected, run_workload
+
+from runners.testing.redis import RedisServer
 
 __all__ = ["stoppable_redis", "workers"]  # fixtures, imported for pytest
 
@@ -40,7 +41,7 @@ def test_sigkills_and_a_redis_outage_while_a_producer_saves(
     tmp_path: Path,
     request: pytest.FixtureRequest,
     workers: Any,
-    stoppable_redis: StoppableRedis,
+    stoppable_redis: RedisServer,
 ) -> None:
     env = {**store_env("postgres", tmp_path, request), "PROMPT_TRANSPORT": stoppable_redis.url}
     running = {name: workers(name, env) for name in ("Counters", "Totals")}
@@ -71,15 +72,15 @@ def test_sigkills_and_a_redis_outage_while_a_producer_saves(
             if other.process is not None and other.process.poll() is not None:
                 other.start()
         if kills == 6:
-            stoppable_redis.stop()
+            stoppable_redis.halt()
             redis_down_at = time.monotonic()
         if redis_down_at is not None and time.monotonic() - redis_down_at > 3:
-            stoppable_redis.start()
+            stoppable_redis.resume()
             redis_down_at = None
             redis_outages += 1
     if redis_down_at is not None:
         time.sleep(max(0.0, 3 - (time.monotonic() - redis_down_at)))
-        stoppable_redis.start()
+        stoppable_redis.resume()
         redis_outages += 1
     producer.wait(timeout=300)
     producer_log.close()

