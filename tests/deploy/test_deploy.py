@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from servers import free_port
 
 from examples.paxos.system import system
 from runners.metrics import MetricsServer, WorkerMetrics
+from runners.testing.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

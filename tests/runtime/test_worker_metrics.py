@@ -22,8 +22,9 @@ from runner_helpers import (
     store_env,
     workers,
 )
-from servers import free_port
 from system_model import Counters, DogSchool
+
+from runners.testing.servers import free_port
 
 __all__ = ["workers"]  # a fixture, imported for pytest
 
