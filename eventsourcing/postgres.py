@@ -210,12 +210,10 @@ class _SaveRefusedError(Exception):
     """A tracking record was refused inside a batch: roll back that save only."""
 
 
-class _RolledBackError(Exception):
-    """The server rolled a transaction back (a deadlock, say): it may be tried again."""
-
-    def __init__(self, error: psycopg.Error) -> None:
-        super().__init__(str(error))
-        self.error = error
+def _is_rolled_back(error: psycopg.Error) -> bool:
+    """True if the server rolled the transaction back (SQLSTATE class 40: a deadlock, a
+    serialization failure): nothing was recorded, and it may be tried again."""
+    return (error.sqlstate or "").startswith("40")
 
 
 class _OutcomeUnknownError(Exception):
@@ -1355,10 +1353,11 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
             try:
                 self._commit_batch_once(conn, saves)
                 return
-            except _RolledBackError as rolled_back:
+            except psycopg.DatabaseError as e:
                 # A deadlock (with a writer taking the same locks in another order) or a
-                # serialization failure: the server rolled back, nothing was recorded.
-                e = rolled_back.error
+                # serialization failure, on any path of the batch: retry it whole.
+                if not _is_rolled_back(e):
+                    raise
                 _rollback_quietly(conn)
                 if attempt == _ROLLBACK_RETRIES:
                     for save in saves:
@@ -1380,8 +1379,8 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
         except psycopg.DatabaseError as e:
             if is_connection_failure(e, conn):
                 raise
-            if (e.sqlstate or "").startswith("40"):  # class 40: transaction rollback
-                raise _RolledBackError(e) from e
+            if _is_rolled_back(e):
+                raise  # retried by _commit_batch
             for save in saves:
                 save.error = self.datastore.translate(e)
 
