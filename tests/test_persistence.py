@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, ClassVar, get_args
 from uuid import UUID, uuid4
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -122,6 +123,34 @@ def test_encoding_is_byte_compatible_with_eventsourcing_9() -> None:
     transcoder = default_transcoder()
     assert transcoder.encode(COMPAT_STATE) == COMPAT_BYTES
     assert transcoder.decode(COMPAT_BYTES) == COMPAT_STATE
+
+
+def test_timestamps_encode_as_isoformat_whatever_came_before() -> None:
+    # The encoder reuses the previous timestamp's formatted second: a timestamp in the same
+    # second but another timezone, fold or microsecond must still read as its isoformat().
+    new_york = ZoneInfo("America/New_York")
+    second = datetime(2026, 11, 1, 1, 30, 5, 1, tzinfo=UTC)
+    timestamps = [
+        second,
+        second.replace(microsecond=999_999),
+        second.replace(microsecond=0),
+        second.replace(microsecond=40),
+        second.replace(tzinfo=timezone(timedelta(hours=-3, seconds=7, microseconds=12))),
+        second.replace(tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        second.replace(tzinfo=None),
+        second.replace(tzinfo=None, microsecond=7),
+        second.replace(tzinfo=new_york),
+        second.replace(tzinfo=new_york, fold=1),
+        second.replace(tzinfo=new_york, fold=1, microsecond=2),
+        second.replace(second=6),
+        second.replace(year=999, microsecond=12),
+        second.replace(year=999, microsecond=13),
+        datetime.now(tz=UTC),
+    ]
+    transcoder = default_transcoder()
+    for ts in timestamps * 2:
+        expected = b'{"t":{"_type_":"datetime_iso","_data_":"%s"}}' % ts.isoformat().encode()
+        assert transcoder.encode({"t": ts}) == expected
 
 
 def test_builtin_transcodings() -> None:
