@@ -27,6 +27,7 @@ from runners.errors import (
     SystemTopicError,
     TransportConnectionError,
 )
+from runners.lag import follower_lag
 from runners.metrics import UNHEALTHY_AFTER, serve_metrics
 from runners.worker import (
     EXIT_FORCED,
@@ -440,18 +441,18 @@ def _progress_bars() -> Callable[[str, str, int, int], None] | None:
 
 
 def status_rows(system: System, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Each follower's position in each of its leaders' logs, and how far behind it is."""
+    """Each follower's position in each of its leaders' logs, and how far behind it is
+    (the notifications it has yet to process: :func:`runners.lag.follower_lag`)."""
     rows: list[dict[str, Any]] = []
     apps: dict[str, Any] = {}
     try:
         for name in system.nodes:
             apps[name] = system.get_app_cls(name)(env=env)
         for leader, follower in system.edges:
-            tracked = apps[follower].recorder.max_tracking_id(leader) or 0
-            last = apps[leader].recorder.max_notification_id() or 0
+            lag = follower_lag(apps[follower], leader, apps[leader])
             rows.append(
-                {"follower": follower, "leader": leader, "tracked": tracked,
-                 "leader_last": last, "lag": max(0, last - tracked)}
+                {"follower": follower, "leader": leader, "tracked": lag.tracked,
+                 "leader_last": lag.leader_last, "lag": lag.lag}
             )  # fmt: skip
     finally:
         for app in apps.values():

@@ -45,6 +45,7 @@ from eventsourcing.system import (
 from eventsourcing.utils import EnvType
 from runners.cli import load_system
 from runners.errors import ConfigurationError, RunnerError
+from runners.lag import Lag, follower_lag
 from runners.multiprocess import MultiProcessRunner
 from runners.worker import EXIT_PROCESSING_ERROR
 
@@ -314,14 +315,13 @@ class RunningSystem:
             for name in self.system.leaders
         }
 
-    def _positions(self) -> dict[tuple[str, str], tuple[int, int, int]]:
-        result = {}
-        for leader, follower in self.system.edges:
-            last = self._app(leader).recorder.max_notification_id() or 0
-            follower_app = self.runner.get(self.system.follower_cls(follower))
-            tracked = follower_app.recorder.max_tracking_id(leader) or 0
-            result[(leader, follower)] = (max(0, last - tracked), tracked, last)
-        return result
+    def _positions(self) -> dict[tuple[str, str], Lag]:
+        return {
+            (leader, follower): follower_lag(
+                self.runner.get(self.system.follower_cls(follower)), leader, self._app(leader)
+            )
+            for leader, follower in self.system.edges
+        }
 
     def _raise_errors(self) -> None:
         watch = getattr(self.runner, "watch_for_errors", None)
