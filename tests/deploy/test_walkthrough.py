@@ -98,9 +98,9 @@ def test_python_m_runners_testing_serves_postgres_and_redis_until_interrupted(
         assert settings["PERSISTENCE_MODULE"] == "eventsourcing.postgres"
         assert settings["POSTGRES_HOST"] == "127.0.0.1"
         assert settings["PROMPT_TRANSPORT"] == settings["REDIS_URL"]
-        connect = {k.removeprefix("POSTGRES_").lower(): v for k, v in settings.items()
-                   if k.startswith("POSTGRES_")}  # fmt: skip
-        with psycopg.connect(**connect, connect_timeout=10) as connection:
+        postgres = {k: v for k, v in settings.items() if k.startswith("POSTGRES_")}
+        conninfo = " ".join(f"{k.removeprefix('POSTGRES_').lower()}={v}" for k, v in postgres.items())
+        with psycopg.connect(conninfo, connect_timeout=10) as connection:
             assert connection.execute("SELECT current_database()").fetchone() == (
                 "eventsourcing",)  # fmt: skip
         client = redis.Redis.from_url(settings["REDIS_URL"])
@@ -114,4 +114,4 @@ def test_python_m_runners_testing_serves_postgres_and_redis_until_interrupted(
     with pytest.raises(redis.ConnectionError):
         client.ping()
     with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(**connect, connect_timeout=5)
+        psycopg.connect(conninfo, connect_timeout=5)
