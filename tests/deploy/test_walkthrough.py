@@ -99,7 +99,7 @@ def test_python_m_runners_testing_serves_postgres_and_redis_until_interrupted(
         assert settings["POSTGRES_HOST"] == "127.0.0.1"
         assert settings["PROMPT_TRANSPORT"] == settings["REDIS_URL"]
         postgres = {k: v for k, v in settings.items() if k.startswith("POSTGRES_")}
-        conninfo = " ".join(f"{k.removeprefix('POSTGRES_').lower()}={v}" for k, v in postgres.items())
+        conninfo = " ".join(f"{k[9:].lower()}={v}" for k, v in postgres.items())  # POSTGRES_X
         with psycopg.connect(conninfo, connect_timeout=10) as connection:
             assert connection.execute("SELECT current_database()").fetchone() == (
                 "eventsourcing",)  # fmt: skip
