@@ -480,8 +480,7 @@ def _print_table(rows: list[dict[str, Any]], *, stamp: bool) -> None:
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     if stamp:
         print(time.strftime("%H:%M:%S"))
-    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)))
-    for row in cells:
+    for row in [[h.upper() for h in headers], *cells]:  # names to the left, numbers right
         print("  ".join(
             c.ljust(w) if i < 2 else c.rjust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
