@@ -38,6 +38,7 @@ from runners.errors import (
     PromptTransportError,
     TransportConnectionError,
     UnknownApplicationNameError,
+    did_you_mean,
 )
 from runners.lease import Lease, lease_for
 from runners.metrics import WorkerMetrics
@@ -446,7 +447,6 @@ def _count_recorded_events(app: Application[Any], metrics: WorkerMetrics) -> Non
 
 def check_follower_name(system: System, name: str) -> None:
     """Raise :class:`UnknownApplicationNameError` unless ``name`` follows in ``system``."""
-    import difflib
 
     if name in system.follows:
         return
@@ -457,8 +457,7 @@ def check_follower_name(system: System, name: str) -> None:
             "them when PROMPT_TRANSPORT is set)"
         )
         raise ConfigurationError(msg)
-    close = difflib.get_close_matches(name, list(system.nodes), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, list(system.nodes))
     msg = (
         f"No application named {name!r} in the system.{hint} Its applications are "
         f"{list(system.nodes)}; workers run {system.followers}"

@@ -21,13 +21,14 @@ servers the environment names.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TypeVar
+
+from runners.errors import did_you_mean
 
 __all__ = [
     "SOURCES",
@@ -91,8 +92,7 @@ def chosen_sources(value: str | None = None) -> tuple[str, ...]:
     names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
     for name in names:
         if name not in SOURCES:
-            close = difflib.get_close_matches(name, SOURCES, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, SOURCES)
             msg = (
                 f"Unknown server source {name!r} in {SOURCES_VARIABLE} or "
                 f"--eventsourcing-servers: choose from {', '.join(SOURCES)}.{hint}"
