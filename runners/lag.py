@@ -28,10 +28,17 @@ class Lag(NamedTuple):
     leader_last: int
 
 
-def follower_lag(follower: Follower[Any], leader_name: str, leader: Application[Any]) -> Lag:
+def follower_lag(
+    follower: Follower[Any],
+    leader_name: str,
+    leader: Application[Any],
+    tracked: int | None = None,
+) -> Lag:
     """How many notifications of ``leader`` (named ``leader_name``) ``follower`` has yet to
-    process; beyond :data:`SCAN_LIMIT` of them, the count of all notifications left."""
-    tracked = follower.recorder.max_tracking_id(leader_name) or 0
+    process after ``tracked`` (by default, its recorded position); beyond
+    :data:`SCAN_LIMIT` of them, the count of all notifications left."""
+    if tracked is None:
+        tracked = follower.recorder.max_tracking_id(leader_name) or 0
     last = leader.recorder.max_notification_id() or 0
     behind = max(0, last - tracked)
     if not behind or not follower.topics:

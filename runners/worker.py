@@ -40,6 +40,7 @@ from runners.errors import (
     UnknownApplicationNameError,
     did_you_mean,
 )
+from runners.lag import follower_lag
 from runners.lease import Lease, lease_for
 from runners.metrics import WorkerMetrics
 from runners.transports import PromptTransport, open_transport
@@ -388,10 +389,12 @@ class Worker:
             return
         for leader_name, feed in entry.feeds.items():
             try:
-                last = entry.leaders[leader_name].recorder.max_notification_id() or 0
+                lag = follower_lag(
+                    entry.app, leader_name, entry.leaders[leader_name], feed.position or 0
+                )
             except PersistenceError:
                 return  # the loop meets the same error and retries
-            self.metrics.positions(entry.name, leader_name, feed.position or 0, last)
+            self.metrics.positions(entry.name, leader_name, lag.tracked, lag.leader_last, lag.lag)
 
     def _measure_lease(self, entry: _Follower, held: bool) -> None:
         """Tell the metrics whether the lease is held, and whether its database answers."""
