@@ -521,6 +521,13 @@ class _LeaderFeed(Generic[TAggregateID]):
     thread at a time. A prompt either asks the feed to read the leader's log after
     ``position`` or, with ``keep_recordings``, delivers the new events to process directly.
 
+    With ``as_read`` as well, what is delivered is processed exactly as a read of the log
+    would be: the delivered notifications (the bytes the leader wrote) are decoded with the
+    follower's mapper, and any id a prompt doesn't carry (of a topic the leader doesn't
+    notify, written by another process, or left by a rolled-back transaction) is read from
+    the log first. So only the read itself is skipped (9.5.6 difference: delivered
+    notifications processed without reading them back).
+
     A batch is recorded only if nothing of it was recorded meanwhile (the tracking record
     is a compare-and-set, see :class:`~eventsourcing.persistence.BatchTracking`). A batch
     refused because another process recorded a later position is not an error: the feed
@@ -535,13 +542,17 @@ class _LeaderFeed(Generic[TAggregateID]):
         position: int | None,
         *,
         keep_recordings: bool = False,
+        as_read: bool = False,
         max_inbox: int = 10_000,
     ):
         self.follower = follower
         self.leader_name = leader_name
         self.position = position
         self.stage = PULL
-        self.keep_recordings = keep_recordings
+        # A follower that overrides pull_notifications() gets it called for every event.
+        overrides_pull = type(follower).pull_notifications is not Follower.pull_notifications
+        self.keep_recordings = keep_recordings and not (as_read and overrides_pull)
+        self.as_read = as_read
         self.max_inbox = max_inbox
         self._lock = threading.Lock()
         self._must_read_log = False
@@ -633,12 +644,13 @@ class _LeaderFeed(Generic[TAggregateID]):
 
         Ids decide, not the order prompts arrive in (concurrent saves can notify out of
         order): events at or before the position are passed over as processed, and
-        anything missing before a prompt's first event is read from the log.
+        anything missing before a prompt's first event (with ``as_read``, before any of
+        its events) is read from the log.
         """
-        leader_name = self.leader_name
         topics = self.follower.topics
         batch_size = self.follower.process_batch_size
-        jobs: list[ProcessingJob[TAggregateID]] = []
+        as_read = self.as_read
+        taken: list[Recording[TAggregateID]] = []
         horizon = self.position or 0  # the last id taken into the batch (or processed)
         for recording_event in recording_events:
             recordings = recording_event.recordings
@@ -648,30 +660,59 @@ class _LeaderFeed(Generic[TAggregateID]):
             first_id = recordings[0].notification.id
             if previous is None or previous > horizon or first_id > horizon + 1:
                 # Something was recorded that no prompt delivered: read it from the log.
-                horizon = self._flush(jobs, horizon)
-                self.catch_up(stop=first_id - 1, should_stop=should_stop)
-                horizon = self.position or 0
+                horizon = self._read_gap(taken, horizon, first_id, should_stop)
             for recording in recordings:
                 notification = recording.notification
-                if notification.id <= horizon:
+                notification_id = notification.id
+                if notification_id <= horizon:
                     continue
-                horizon = notification.id
+                if as_read and notification_id > horizon + 1:
+                    horizon = self._read_gap(taken, horizon, notification_id, should_stop)
+                    if notification_id <= horizon:
+                        continue
+                horizon = notification_id
                 if not topics or notification.topic in topics:
-                    jobs.append((recording.domain_event, Tracking(leader_name, horizon)))
-            if len(jobs) >= batch_size:
-                horizon = self._flush(jobs, horizon)
+                    taken.append(recording)
+            if len(taken) >= batch_size:
+                horizon = self._flush(taken, horizon)
             if should_stop():
                 break
-        self._flush(jobs, horizon)
+        self._flush(taken, horizon)
 
-    def _flush(self, jobs: list[ProcessingJob[TAggregateID]], horizon: int) -> int:
-        """Record the jobs taken so far, up to ``horizon``; return the new position."""
+    def _read_gap(
+        self,
+        taken: list[Recording[TAggregateID]],
+        horizon: int,
+        next_id: int,
+        should_stop: Callable[[], bool],
+    ) -> int:
+        """Record what is taken, then read the log up to ``next_id``; return the position."""
+        self._flush(taken, horizon)
+        self.catch_up(stop=next_id - 1, should_stop=should_stop)
+        return self.position or 0
+
+    def _flush(self, taken: list[Recording[TAggregateID]], horizon: int) -> int:
+        """Record the events taken so far, up to ``horizon``; return the new position."""
         if horizon > (self.position or 0):
-            if not self._record(list(jobs), horizon):
+            if not self._record(self._jobs(taken), horizon):
                 # Refused: what another process left undone is read from the log.
                 self.request_catch_up()
-            jobs.clear()
+            taken.clear()
         return self.position or 0
+
+    def _jobs(self, taken: list[Recording[TAggregateID]]) -> list[ProcessingJob[TAggregateID]]:
+        """The processing jobs of delivered events (decoded afresh, with ``as_read``)."""
+        leader_name = self.leader_name
+        if self.as_read:
+            self.stage = CONVERT
+            follower = self.follower
+            notifications = [recording.notification for recording in taken]
+            selected = follower.filter_received_notifications(notifications)
+            return follower.convert_notifications(leader_name, selected)
+        return [
+            (recording.domain_event, Tracking(leader_name, recording.notification.id))
+            for recording in taken
+        ]
 
     def _record(self, jobs: list[ProcessingJob[TAggregateID]], last_id: int) -> bool:
         """Process ``jobs`` and record them with the position ``last_id``, atomically.
@@ -780,7 +821,10 @@ class _InProcessRunner(Runner[TAggregateID]):
     up with the backlog. Subclasses decide where feeds are processed.
     """
 
-    keep_recordings: ClassVar[bool] = False
+    # Feeds process the notifications prompts deliver as if read from the log (see
+    # _LeaderFeed); the New runners process the delivered domain events themselves.
+    keep_recordings: ClassVar[bool] = True
+    as_read: ClassVar[bool] = True
     QUEUE_MAX_SIZE: ClassVar[int] = 0  # prompts held per feed; 0 means 10,000
 
     def __init__(self, system: System, env: EnvType | None = None):
@@ -834,6 +878,7 @@ class _InProcessRunner(Runner[TAggregateID]):
                 leader_name,
                 follower.recorder.max_tracking_id(leader_name),
                 keep_recordings=self.keep_recordings,
+                as_read=self.as_read,
                 max_inbox=max_inbox,
             )
             feed.request_catch_up()
@@ -961,7 +1006,7 @@ class NewSingleThreadedRunner(SingleThreadedRunner[TAggregateID]):
     runners' internals.
     """
 
-    keep_recordings = True
+    as_read = False
 
 
 class MultiThreadedRunnerThread(RecordingEventReceiver[TAggregateID], threading.Thread):
@@ -1126,7 +1171,7 @@ class NewMultiThreadedRunner(
     per follower, no :class:`PullingThread` or :class:`ConvertingThread`).
     """
 
-    keep_recordings = True
+    as_read = False
     QUEUE_MAX_SIZE: ClassVar[int] = 0
     error_classes: ClassVar[Mapping[str, type[Exception]]] = {
         PULL: NotificationPullingError,

@@ -604,3 +604,89 @@ def test_cycle_of_process_applications_settles(runner_cls: type[Runner[Any]]) ->
         assert pong.repository.get(rally_id).hits == 9
         assert ping.recorder.max_notification_id() == 10
         assert pong.recorder.max_notification_id() == 9
+
+
+# ---------------------------------------------------------------------------
+# The 9.5.6-named runners: delivered notifications processed as if read from the log
+
+
+class Witness(Counters):
+    """Counters that keep every event its policy is given."""
+
+    name = "Counters"
+
+    def __init__(self, env: Any = None) -> None:
+        super().__init__(env)
+        self.seen: list[DomainEventProtocol[UUID]] = []
+
+    def policy(
+        self, domain_event: DomainEventProtocol[UUID], processing_event: ProcessingEvent[UUID]
+    ) -> None:
+        self.seen.append(domain_event)
+        super().policy(domain_event, processing_event)
+
+
+class PullingWitness(Witness):
+    """Witness that overrides pull_notifications(), as 9.5.6 code may."""
+
+    name = "Counters"
+    pulls = 0
+
+    def pull_notifications(self, *args: Any, **kwargs: Any) -> Iterator[Sequence[Notification]]:
+        type(self).pulls += 1
+        return super().pull_notifications(*args, **kwargs)
+
+
+def count_reads(app: Application[Any]) -> list[int | None]:
+    """Record the start of every read of ``app``'s notification log."""
+    reads: list[int | None] = []
+    select = app.recorder.select_notifications
+
+    def counting(start: int | None, *args: Any, **kwargs: Any) -> Any:
+        reads.append(start)
+        return select(start, *args, **kwargs)
+
+    app.recorder.select_notifications = counting  # type: ignore[method-assign]
+    return reads
+
+
+SYNC_RUNNERS = [SingleThreadedRunner, MultiThreadedRunner]
+
+
+def settle(runner: Runner[Any], last_id: int) -> Witness:
+    witness = runner.get(Witness)
+    witness.recorder.wait("DogSchool", last_id, timeout=WAIT)
+    return witness
+
+
+@pytest.mark.parametrize("runner_cls", SYNC_RUNNERS, ids=lambda cls: cls.__name__)
+def test_delivered_notifications_are_decoded_not_read_back(runner_cls: type[Runner[Any]]) -> None:
+    with runner_cls(System([[DogSchool, Witness]])) as runner:
+        school = runner.get(DogSchool)
+        recordings = school.save(Dog("Fido"))
+        settle(runner, 1)  # the first prompt of a new leader knows no previous id: read
+        reads = count_reads(school)
+        dog_id = recordings[0].domain_event.originator_id
+        school.add_trick(dog_id, "sit")
+        school.add_trick(dog_id, "beg")
+        witness = settle(runner, 3)
+        assert reads == []
+        # What the policy is given is what a read of the log gives, not the leader's object.
+        stored = school.notification_log.select(start=1, limit=10)
+        assert witness.seen == [witness.mappers["DogSchool"].to_domain_event(n) for n in stored]
+        assert witness.seen[0] is not recordings[0].domain_event
+        assert witness.count(dog_id) == 2
+
+
+@pytest.mark.parametrize("runner_cls", SYNC_RUNNERS, ids=lambda cls: cls.__name__)
+def test_a_follower_that_overrides_pulling_reads_every_event(
+    runner_cls: type[Runner[Any]],
+) -> None:
+    PullingWitness.pulls = 0
+    with runner_cls(System([[DogSchool, PullingWitness]])) as runner:
+        school = runner.get(DogSchool)
+        started = PullingWitness.pulls
+        for name in ("Fido", "Rex", "Spot"):
+            school.register(name)
+            settle(runner, school.recorder.max_notification_id() or 0)
+        assert PullingWitness.pulls - started == 3
