@@ -7,6 +7,8 @@ guarantees of batches (one transaction each, all or nothing, a policy sees its o
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -690,3 +692,43 @@ def test_a_follower_that_overrides_pulling_reads_every_event(
             school.register(name)
             settle(runner, school.recorder.max_notification_id() or 0)
         assert PullingWitness.pulls - started == 3
+
+
+def test_threaded_follower_commits_the_saves_in_flight_together() -> None:
+    """Woken while a save is in flight, the follower waits for it: one commit for both."""
+    with MultiThreadedRunner(System([[DogSchool, Counted]])) as runner:
+        school, counted = runner.get(DogSchool), runner.get(Counted)
+        assert isinstance(counted, Counted)
+        insert_events = school.recorder.insert_events
+        in_flight, release = threading.Event(), threading.Event()
+
+        def held_back(stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
+            if threading.current_thread().name == "held":
+                in_flight.set()
+                assert release.wait(WAIT)
+            return insert_events(stored_events, **kwargs)
+
+        school.recorder.insert_events = held_back  # type: ignore[method-assign]
+        held = threading.Thread(target=school.register, args=("Rex",), name="held")
+        held.start()
+        try:
+            assert in_flight.wait(WAIT)
+            school.register("Fido")  # id 1, recorded while Rex's save is in flight
+            time.sleep(0.2)  # the follower is woken meanwhile, and waits
+            assert counted.transactions == []
+        finally:
+            release.set()  # Rex's save: id 2
+            held.join(WAIT)
+        counted.recorder.wait("DogSchool", 2, timeout=WAIT)
+        assert counted.transactions == [2]
+
+
+def test_waiting_for_saves_in_flight_is_bounded() -> None:
+    leader: Leader[UUID] = Leader()
+    leader.save(Aggregate())
+    started = time.monotonic()
+    leader.wait_for_saves_in_flight(timeout=WAIT)  # none in flight: no wait
+    assert time.monotonic() - started < 1
+    leader._saves_started += 1  # a save that never ends
+    leader.wait_for_saves_in_flight(timeout=0.1)
+    assert time.monotonic() - started >= 0.1
