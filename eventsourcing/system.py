@@ -327,7 +327,9 @@ class Leader(Application[TAggregateID]):
         # Saves started and ended, for followers that wait for the saves in flight.
         self._saves_started = 0
         self._saves_ended = 0
-        self._save_ended = threading.Condition(threading.Lock())
+        self._saves_lock = threading.Lock()
+        self._save_ended = threading.Condition(self._saves_lock)
+        self._save_waiters = 0
 
     def lead(self, follower: RecordingEventReceiver[TAggregateID]) -> None:
         """Prompt ``follower`` after each recording of new events."""
@@ -341,15 +343,16 @@ class Leader(Application[TAggregateID]):
         """Record events as :meth:`Application.save` does, then prompt the followers."""
         if self.previous_max_notification_id is None:
             self.previous_max_notification_id = self.recorder.max_notification_id()
-        save_ended = self._save_ended
-        with save_ended:
+        saves_lock = self._saves_lock
+        with saves_lock:
             self._saves_started += 1
         try:
             return super().save(*objs, **kwargs)
         finally:
-            with save_ended:
+            with saves_lock:
                 self._saves_ended += 1
-                save_ended.notify_all()
+                if self._save_waiters:
+                    self._save_ended.notify_all()
 
     def wait_for_saves_in_flight(self, timeout: float) -> None:
         """Wait (up to ``timeout`` seconds) until the saves started by now have ended.
@@ -360,7 +363,13 @@ class Leader(Application[TAggregateID]):
         save_ended = self._save_ended
         with save_ended:
             started = self._saves_started
-            save_ended.wait_for(lambda: self._saves_ended >= started, timeout)
+            if self._saves_ended >= started:
+                return
+            self._save_waiters += 1
+            try:
+                save_ended.wait_for(lambda: self._saves_ended >= started, timeout)
+            finally:
+                self._save_waiters -= 1
 
     def _notify(self, recordings: list[Recording[TAggregateID]]) -> None:
         """Prompt every follower with the new recordings (of ``notify_topics``, if set)."""
@@ -580,6 +589,7 @@ class _LeaderFeed(Generic[TAggregateID]):
         self._lock = threading.Lock()
         self._must_read_log = False
         self._inbox: list[RecordingEvent[TAggregateID]] = []
+        self._inbox_events = 0  # held in the inbox: at most about max_inbox
 
     # -- receiving (any thread) ------------------------------------------------------
 
@@ -588,11 +598,13 @@ class _LeaderFeed(Generic[TAggregateID]):
         with self._lock:
             if not self.keep_recordings:
                 self._must_read_log = True
-            elif len(self._inbox) < self.max_inbox:
+            elif self._inbox_events < self.max_inbox:
                 self._inbox.append(recording_event)
+                self._inbox_events += len(recording_event.recordings)
             else:
                 # Too far behind to hold the events: they are all in the log anyway.
                 self._inbox.clear()
+                self._inbox_events = 0
                 self._must_read_log = True
 
     def request_catch_up(self) -> None:
@@ -612,6 +624,7 @@ class _LeaderFeed(Generic[TAggregateID]):
         with self._lock:
             must_read_log, self._must_read_log = self._must_read_log, False
             recording_events, self._inbox = self._inbox, []
+            self._inbox_events = 0
         if must_read_log:
             self.catch_up(should_stop=should_stop)
         if recording_events:
@@ -848,7 +861,7 @@ class _InProcessRunner(Runner[TAggregateID]):
     # _LeaderFeed); the New runners process the delivered domain events themselves.
     keep_recordings: ClassVar[bool] = True
     as_read: ClassVar[bool] = True
-    QUEUE_MAX_SIZE: ClassVar[int] = 0  # prompts held per feed; 0 means 10,000
+    QUEUE_MAX_SIZE: ClassVar[int] = 0  # events held per feed; 0 means 10,000
 
     def __init__(self, system: System, env: EnvType | None = None):
         """Construct every application of ``system``."""

@@ -732,3 +732,38 @@ def test_waiting_for_saves_in_flight_is_bounded() -> None:
     leader._saves_started += 1  # a save that never ends
     leader.wait_for_saves_in_flight(timeout=0.1)
     assert time.monotonic() - started >= 0.1
+
+
+def test_a_lagging_follower_holds_a_bounded_number_of_delivered_events() -> None:
+    """Past QUEUE_MAX_SIZE events, the feed lets them go and reads the log instead."""
+
+    class Runner(MultiThreadedRunner[UUID]):
+        QUEUE_MAX_SIZE = 5
+
+    policy_entered, release = threading.Event(), threading.Event()
+
+    class Slow(Counters):
+        name = "Counters"
+
+        def policy(
+            self, domain_event: DomainEventProtocol[UUID], processing_event: ProcessingEvent[UUID]
+        ) -> None:
+            policy_entered.set()
+            assert release.wait(WAIT)
+            super().policy(domain_event, processing_event)
+
+    with Runner(System([[DogSchool, Slow]])) as runner:
+        school = runner.get(DogSchool)
+        try:
+            school.register("Fido")
+            assert policy_entered.wait(WAIT)  # the follower is busy with id 1
+            feed = runner._feeds["Counters"][0]
+            for i in range(4):
+                school.save(Dog(f"a{i}"), Dog(f"b{i}"))  # 8 events: 3 too many
+            assert feed._inbox_events <= 5 + 2
+            assert feed._must_read_log
+        finally:
+            release.set()
+        counters = runner.get(Slow)
+        counters.recorder.wait("DogSchool", 9, timeout=WAIT)
+        assert counters.recorder.max_notification_id() == 9
