@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest demo bench clean
+.PHONY: install test test-docker lint typecheck pytest demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q tests --ignore=tests/benchmarks
 
 test: lint typecheck pytest
+
+# The image built and the compose file run for real: needs a Docker daemon.
+test-docker: $(STAMP)
+	$(BIN)/pytest -q -m docker tests/deploy
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.paxos demo

@@ -27,6 +27,7 @@ from runners.errors import (
     SystemTopicError,
     TransportConnectionError,
 )
+from runners.lag import follower_lag
 from runners.metrics import UNHEALTHY_AFTER, serve_metrics
 from runners.worker import (
     EXIT_FORCED,
@@ -139,12 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.upper,
         help="logging level (default INFO)",
     )
-    common.add_argument(
-        "--traceback",
-        action="store_true",
-        default=_env_flag("TRACEBACK"),
-        help="show the traceback of an error, not just its one-line message",
-    )
+    _flag(common, "--traceback", "show the traceback of an error, not just its one-line message")
     parser = _Parser(
         prog="eventsourcing-runner",
         description="Run the applications of an event-sourced System as workers.",
@@ -152,14 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="{run,status}", parser_class=_Parser)
-    run = commands.add_parser(
-        "run",
-        parents=[common],
-        help="run workers for applications of SYSTEM",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    run.add_argument("system", nargs="?", default=_env("SYSTEM"), metavar="SYSTEM")
+    run = _command(commands, "run", "run workers for applications of SYSTEM", common)
     apps = _env("APP")
     run.add_argument(
         "--app",
@@ -169,9 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="an application to process (repeat for several)",
     )
     run.set_defaults(env_apps=[a.strip() for a in apps.split(",") if a.strip()] if apps else [])
-    run.add_argument(
-        "--all", action="store_true", default=_env_flag("ALL"), help="every follower of SYSTEM"
-    )
+    _flag(run, "--all", "every follower of SYSTEM")
     run.add_argument(
         "--runner",
         choices=RUNNERS,
@@ -179,19 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="single: one loop for all; threads: a thread each (default); processes: a "
         "process each",
     )
-    run.add_argument(
-        "--poll-interval",
-        type=_positive,
-        default=_env("POLL_INTERVAL", str(POLL_INTERVAL)),
-        metavar="SECONDS",
-        help=f"read the leaders' logs this often without a prompt (default {POLL_INTERVAL})",
-    )
-    run.add_argument(
-        "--no-lease",
-        action="store_true",
-        default=_env_flag("NO_LEASE"),
-        help="don't take the lease (only if no other worker can run the same application)",
-    )
+    _seconds(run, "--poll-interval", POLL_INTERVAL,
+             "read the leaders' logs this often without a prompt")  # fmt: skip
+    _flag(run, "--no-lease", "don't take the lease (only if no other worker can run it)")
     run.add_argument(
         "--metrics-port",
         type=int,
@@ -205,30 +182,48 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="address to serve them on (default 127.0.0.1; 0.0.0.0 in a container)",
     )
-    run.add_argument(
-        "--unhealthy-after",
-        type=_positive,
-        default=_env("UNHEALTHY_AFTER", str(UNHEALTHY_AFTER)),
-        metavar="SECONDS",
-        help=f"/healthz fails after this long without a database (default {UNHEALTHY_AFTER:g})",
-    )
-    status = commands.add_parser(
-        "status",
+    _seconds(run, "--unhealthy-after", UNHEALTHY_AFTER,
+             "/healthz fails after this long without a database")  # fmt: skip
+    status = _command(commands, "status", "show how far behind each follower is", common)
+    _flag(status, "--json", "print JSON (one document per refresh)")
+    _flag(status, "--watch", "refresh until interrupted")
+    _seconds(status, "--interval", 1, "seconds between refreshes with --watch")
+    return parser
+
+
+def _command(
+    commands: Any, name: str, description: str, common: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    """Add the subcommand ``name``, with the common options and the SYSTEM argument."""
+    command: argparse.ArgumentParser = commands.add_parser(
+        name,
         parents=[common],
-        help="show how far behind each follower is",
+        help=description,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    status.add_argument("system", nargs="?", default=_env("SYSTEM"), metavar="SYSTEM")
-    status.add_argument("--json", action="store_true", default=_env_flag("JSON"),
-                        help="print JSON (one document per refresh)")  # fmt: skip
-    status.add_argument("--watch", action="store_true", default=_env_flag("WATCH"),
-                        help="refresh until interrupted")  # fmt: skip
-    status.add_argument(
-        "--interval", type=_positive, default=_env("INTERVAL", "1"), metavar="SECONDS",
-        help="seconds between refreshes with --watch (default 1)",
-    )  # fmt: skip
-    return parser
+    command.add_argument("system", nargs="?", default=_env("SYSTEM"), metavar="SYSTEM")
+    return command
+
+
+def _flag(parser: argparse.ArgumentParser, option: str, description: str) -> None:
+    """An on/off option, on by default where its environment variable says yes."""
+    name = option.removeprefix("--").replace("-", "_").upper()
+    parser.add_argument(option, action="store_true", default=_env_flag(name), help=description)
+
+
+def _seconds(
+    parser: argparse.ArgumentParser, option: str, default: float, description: str
+) -> None:
+    """A positive number of seconds, with its default from the environment."""
+    name = option.removeprefix("--").replace("-", "_").upper()
+    parser.add_argument(
+        option,
+        type=_positive,
+        default=_env(name, str(default)),
+        metavar="SECONDS",
+        help=f"{description} (default {default:g})",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -440,18 +435,18 @@ def _progress_bars() -> Callable[[str, str, int, int], None] | None:
 
 
 def status_rows(system: System, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Each follower's position in each of its leaders' logs, and how far behind it is."""
+    """Each follower's position in each of its leaders' logs, and how far behind it is
+    (the notifications it has yet to process: :func:`runners.lag.follower_lag`)."""
     rows: list[dict[str, Any]] = []
     apps: dict[str, Any] = {}
     try:
         for name in system.nodes:
             apps[name] = system.get_app_cls(name)(env=env)
         for leader, follower in system.edges:
-            tracked = apps[follower].recorder.max_tracking_id(leader) or 0
-            last = apps[leader].recorder.max_notification_id() or 0
+            lag = follower_lag(apps[follower], leader, apps[leader])
             rows.append(
-                {"follower": follower, "leader": leader, "tracked": tracked,
-                 "leader_last": last, "lag": max(0, last - tracked)}
+                {"follower": follower, "leader": leader, "tracked": lag.tracked,
+                 "leader_last": lag.leader_last, "lag": lag.lag}
             )  # fmt: skip
     finally:
         for app in apps.values():
@@ -479,8 +474,7 @@ def _print_table(rows: list[dict[str, Any]], *, stamp: bool) -> None:
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     if stamp:
         print(time.strftime("%H:%M:%S"))
-    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)))
-    for row in cells:
+    for row in [[h.upper() for h in headers], *cells]:  # names to the left, numbers right
         print("  ".join(
             c.ljust(w) if i < 2 else c.rjust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))

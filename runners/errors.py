@@ -18,6 +18,9 @@ ever sees the errors above and the persistence errors of ``eventsourcing.persist
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+
 __all__ = [
     "ConfigurationError",
     "NotShareableError",
@@ -27,7 +30,14 @@ __all__ = [
     "SystemTopicError",
     "TransportConnectionError",
     "UnknownApplicationNameError",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """``" Did you mean 'x'?"`` for the choice closest to a mistyped ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 class RunnerError(Exception):

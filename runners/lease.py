@@ -26,6 +26,7 @@ import os
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -37,6 +38,8 @@ __all__ = ["FileLease", "Lease", "PostgresLease", "RedisLease", "lease_for"]
 
 WORKER_LEASE = "WORKER_LEASE"
 CHECK_INTERVAL = 1.0  # seconds between checks (and renewals) of a held lease
+# What a lost connection to the lease's database or Redis raises: the lease is not held.
+CONNECTION_ERRORS = (OSError, PersistenceError, TransportConnectionError)
 
 
 class Lease(ABC):
@@ -66,29 +69,27 @@ class Lease(ABC):
     def try_acquire(self) -> bool:
         """Take the lease if it is free; never blocks. Connection failures count as no."""
         if not self.held:
-            try:
-                self.held = self._try_acquire()
-                self.error = None
-            except (OSError, PersistenceError, TransportConnectionError) as e:
-                self.held, self.error = False, str(e)
-            self._checked_at = time.monotonic()
+            self._ask(self._try_acquire)
         return self.held
 
     def check(self) -> bool:
         """Whether the lease is still held, checking (and renewing) at most once a second."""
         if self.held and time.monotonic() - self._checked_at >= CHECK_INTERVAL:
-            try:
-                self.held = self._still_held()
-                self.error = None
-            except (OSError, PersistenceError, TransportConnectionError) as e:
-                self.held, self.error = False, str(e)
-            self._checked_at = time.monotonic()
+            self._ask(self._still_held)
         return self.held
+
+    def _ask(self, question: Callable[[], bool]) -> None:
+        """Set ``held`` to the answer to ``question``; a connection failure means no."""
+        try:
+            self.held, self.error = question(), None
+        except CONNECTION_ERRORS as e:
+            self.held, self.error = False, str(e)
+        self._checked_at = time.monotonic()
 
     def release(self) -> None:
         """Give the lease up (if held) and close its connection."""
         # A lease whose connection died is released already.
-        with suppress(OSError, PersistenceError, TransportConnectionError):
+        with suppress(*CONNECTION_ERRORS):
             self._release()
         self.held = False
 

@@ -110,15 +110,22 @@ class WorkerMetrics:
         self.events.labels(follower).inc(count)
 
     def positions(
-        self, follower: str, leader: str, tracked: int, leader_last: int | None = None
+        self,
+        follower: str,
+        leader: str,
+        tracked: int,
+        leader_last: int | None = None,
+        lag: int | None = None,
     ) -> None:
-        """The follower's position in the leader's log, and the log's last id (if read)."""
+        """The follower's position in the leader's log, the log's last id (if read), and
+        the notifications it has yet to process (if counted: see :mod:`runners.lag`)."""
         self.tracked.labels(follower, leader).set(tracked)
         if leader_last is not None:
             self.leader_position.labels(follower, leader).set(leader_last)
             self._leader_last[(follower, leader)] = leader_last
-        last = self._leader_last.get((follower, leader), tracked)
-        self.lag.labels(follower, leader).set(max(0, last - tracked))
+        if lag is None:
+            lag = self._leader_last.get((follower, leader), tracked) - tracked
+        self.lag.labels(follower, leader).set(max(0, lag))
 
     def database_error(self, follower: str, source: str = "store") -> None:
         """The database failed (for ``source``: store or lease); the worker will retry."""

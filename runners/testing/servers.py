@@ -20,18 +20,24 @@ servers the environment names.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import difflib
 import os
+import shutil
 import socket
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
+
+from runners.errors import did_you_mean
 
 __all__ = [
     "SOURCES",
     "SOURCES_VARIABLE",
+    "LocalServer",
     "NotHereError",
     "Server",
     "ServerUnavailableError",
@@ -80,6 +86,42 @@ class Server(ABC):
         """Stop the server for good if this session started it; else leave it running."""
 
 
+class LocalServer(Server):
+    """A throwaway server process of this session's, in a temporary folder of its own,
+    listening on 127.0.0.1: it can be halted and resumed, and :meth:`stop` deletes it all."""
+
+    folder: Path
+
+    def _launch(self, prefix: str, first_start: Callable[[], None]) -> None:
+        """Make the folder and start the server with ``first_start``, cleaning up if that
+        fails; the server is stopped when the process exits, at the latest."""
+        self.folder = Path(tempfile.mkdtemp(prefix=prefix))
+        try:
+            first_start()
+        except BaseException:
+            self.stop()
+            raise
+        atexit.register(self.stop)  # in case the session ends without its finalizers
+
+    @property
+    def can_restart(self) -> bool:
+        """Servers started here can be halted and resumed."""
+        return True
+
+    @property
+    @abstractmethod
+    def is_running(self) -> bool:
+        """True between a start and a :meth:`halt`."""
+
+    def stop(self) -> None:
+        """Stop the server if it runs, then delete its folder."""
+        try:
+            if self.is_running:
+                self.halt()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def in_ci() -> bool:
     """True when running under CI (``CI=true``), where a missing server fails the run."""
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
@@ -91,8 +133,7 @@ def chosen_sources(value: str | None = None) -> tuple[str, ...]:
     names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
     for name in names:
         if name not in SOURCES:
-            close = difflib.get_close_matches(name, SOURCES, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, SOURCES)
             msg = (
                 f"Unknown server source {name!r} in {SOURCES_VARIABLE} or "
                 f"--eventsourcing-servers: choose from {', '.join(SOURCES)}.{hint}"

@@ -23,7 +23,6 @@ per application) and ``postgres``. Transports (``processes`` and ``workers`` onl
 
 from __future__ import annotations
 
-import difflib
 import os
 import signal
 import subprocess
@@ -44,7 +43,8 @@ from eventsourcing.system import (
 )
 from eventsourcing.utils import EnvType
 from runners.cli import load_system
-from runners.errors import ConfigurationError, RunnerError
+from runners.errors import ConfigurationError, RunnerError, did_you_mean
+from runners.lag import Lag, follower_lag
 from runners.multiprocess import MultiProcessRunner
 from runners.worker import EXIT_PROCESSING_ERROR
 
@@ -69,8 +69,7 @@ LOG_TAIL = 3000  # characters of a worker's log shown when it failed
 
 def _check(kind: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(value, choices)
         raise ConfigurationError(f"Unknown {kind} {value!r}: choose from {choices}.{hint}")
 
 
@@ -314,14 +313,13 @@ class RunningSystem:
             for name in self.system.leaders
         }
 
-    def _positions(self) -> dict[tuple[str, str], tuple[int, int, int]]:
-        result = {}
-        for leader, follower in self.system.edges:
-            last = self._app(leader).recorder.max_notification_id() or 0
-            follower_app = self.runner.get(self.system.follower_cls(follower))
-            tracked = follower_app.recorder.max_tracking_id(leader) or 0
-            result[(leader, follower)] = (max(0, last - tracked), tracked, last)
-        return result
+    def _positions(self) -> dict[tuple[str, str], Lag]:
+        return {
+            (leader, follower): follower_lag(
+                self.runner.get(self.system.follower_cls(follower)), leader, self._app(leader)
+            )
+            for leader, follower in self.system.edges
+        }
 
     def _raise_errors(self) -> None:
         watch = getattr(self.runner, "watch_for_errors", None)

@@ -17,11 +17,10 @@ package.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from runners.errors import PromptTransportError
+from runners.errors import PromptTransportError, did_you_mean
 from runners.transports.base import PromptTransport
 
 __all__ = ["ACCEPTED_FORMS", "PromptTransport", "check_transport_url", "open_transport"]
@@ -48,8 +47,7 @@ def check_transport_url(url: str, source: str = "PROMPT_TRANSPORT") -> str:
     if kind in ("redis", "memory") and "://" not in url:
         kind = None
     if kind is None:
-        close = difflib.get_close_matches(scheme, SCHEMES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(scheme, list(SCHEMES))
         msg = (
             f"Invalid {source} value {url!r}.{hint} Accepted forms: {ACCEPTED_FORMS}. "
             f"Fix {source} (or unset it)."

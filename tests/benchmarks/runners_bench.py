@@ -11,8 +11,13 @@ copy per notification) is started fresh, then
   latency = that moment - the moment the source's ``save()`` returned (its commit), p50/p99;
 - throughput: the source saves ``--events`` events as fast as one thread can; end-to-end
   events/s = events / (first save to the sink tracking the last one);
-- ceiling: before any runner starts, the source alone saving ``--events`` events from one
-  thread: one durable commit per save, the most a follower could ever keep up with.
+- idle wake: the source saves one event every ``IDLE_GAP`` seconds, so the follower is idle
+  (waiting for a prompt) when each arrives; latency as above, p50/p99. It bounds the time to
+  wake an idle follower from above (it also includes the follower's processing and commit);
+- ceilings, before any runner starts: ``raw`` is a plain ``sqlite3``/psycopg loop committing
+  one row per transaction with the recorders' durability settings (what one durable commit
+  per leader save allows); ``source`` is the source alone saving ``--events`` events from one
+  thread through the library.
 
 Workers (``worker+...``) are CLI processes (``python -m runners run``); ``processes`` is
 MultiProcessRunner with its multiprocessing queues. Writes results/runners.json and prints a
@@ -23,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -51,6 +58,8 @@ RUNNERS = {
 }
 RATES = (50, 200)
 RATE_SECONDS = 5.0
+IDLE_SAVES = 40
+IDLE_GAP = 0.25
 
 
 class Watcher(threading.Thread):
@@ -96,6 +105,37 @@ def store_env(store: str, tmp: Path, pg: Any, redis_url: str) -> dict[str, str]:
     }
 
 
+def raw_ceiling(store: str, tmp: Path, pg: Any, events: int) -> float:
+    """Commits per second of a plain loop: one row per transaction, durable as ours."""
+    state = b'{"n":1}' * 20
+    if store == "postgres":
+        name = f"bench_raw_{os.getpid()}_{time.monotonic_ns()}"
+        pg.create_database(name)
+        conn = pg.settings.connect(name)
+        conn.execute("SET synchronous_commit = on")
+        conn.execute("CREATE TABLE raw (id bigserial PRIMARY KEY, state bytea)")
+        execute = conn.execute
+        begin = "BEGIN"
+        sql = "INSERT INTO raw (state) VALUES (%s)"
+    else:
+        conn = sqlite3.connect(Path(tempfile.mkdtemp(dir=tmp)) / "raw.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE raw (id INTEGER PRIMARY KEY, state BLOB)")
+        execute = conn.execute
+        begin = "BEGIN IMMEDIATE"
+        sql = "INSERT INTO raw (state) VALUES (?)"
+    try:
+        start = time.perf_counter()
+        for _ in range(events):
+            execute(begin)
+            execute(sql, (state,))
+            execute("COMMIT")
+        return events / (time.perf_counter() - start)
+    finally:
+        conn.close()
+
+
 def ceiling(env: dict[str, str], events: int) -> float:
     """Saves per second of the source alone, one thread, one commit per save."""
     source = Source(env=env)
@@ -106,6 +146,11 @@ def ceiling(env: dict[str, str], events: int) -> float:
         return events / (time.perf_counter() - start)
     finally:
         source.close()
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """The value at ``fraction`` of an ascending list (nearest rank)."""
+    return ordered[max(0, math.ceil(len(ordered) * fraction) - 1)]
 
 
 def measure(store: str, runner: str, env: dict[str, str], redis_url: str, events: int) -> dict:
@@ -157,7 +202,15 @@ def measure(store: str, runner: str, env: dict[str, str], redis_url: str, events
             watcher.wait_for(max(commits))
             latencies = sorted((watcher.seen[i] - t) * 1000 for i, t in commits.items())
             result[f"p50_ms_{rate}"] = round(statistics.median(latencies), 2)
-            result[f"p99_ms_{rate}"] = round(latencies[int(len(latencies) * 0.99) - 1], 2)
+            result[f"p99_ms_{rate}"] = round(percentile(latencies, 0.99), 2)
+        commits = {}
+        for n in range(IDLE_SAVES):
+            time.sleep(IDLE_GAP)
+            commits[source.record(n)] = time.perf_counter()
+            watcher.wait_for(max(commits))
+        latencies = sorted((watcher.seen[i] - t) * 1000 for i, t in commits.items())
+        result["p50_ms_idle"] = round(statistics.median(latencies), 2)
+        result["p99_ms_idle"] = round(percentile(latencies, 0.99), 2)
         start = time.perf_counter()
         last = 0
         for n in range(events):
@@ -191,20 +244,23 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     try:
         for store in args.stores.split(","):
-            raw = ceiling(store_env(store, tmp, pg, redis.url), args.events)
+            raw = raw_ceiling(store, tmp, pg, args.events)
+            source_alone = ceiling(store_env(store, tmp, pg, redis.url), args.events)
             for runner in RUNNERS[store]:
                 row = measure(store, runner, store_env(store, tmp, pg, redis.url), redis.url,
                               args.events)  # fmt: skip
-                row["ceiling_eps"] = round(raw)
-                row["of_ceiling"] = round(row["end_to_end_eps"] / raw, 2)
+                row["raw_eps"] = round(raw)
+                row["source_eps"] = round(source_alone)
+                row["of_raw"] = round(row["end_to_end_eps"] / raw, 2)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
         redis.stop()
         pg.stop()
     (HERE / "results" / "runners.json").write_text(json.dumps(rows, indent=2) + "\n")
-    columns = ["store", "runner", "end_to_end_eps", "producer_eps", "ceiling_eps", "of_ceiling",
-               "p50_ms_50", "p99_ms_50", "p50_ms_200", "p99_ms_200"]  # fmt: skip
+    columns = ["store", "runner", "end_to_end_eps", "producer_eps", "raw_eps", "source_eps",
+               "of_raw", "p50_ms_50", "p99_ms_50", "p50_ms_200", "p99_ms_200", "p50_ms_idle",
+               "p99_ms_idle"]  # fmt: skip
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in rows:

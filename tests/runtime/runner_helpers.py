@@ -106,12 +106,15 @@ class WorkerProcess:
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Any]:
-    """Start CLI workers with ``workers(app, env, *extra_args)``; all are killed after."""
+    """Start CLI workers with ``workers(app, env, *extra_args, system=topic)``; all are
+    killed after."""
     made: list[WorkerProcess] = []
 
-    def start(app: str, env: dict[str, str], *extra: str) -> WorkerProcess:
+    def start(
+        app: str, env: dict[str, str], *extra: str, system: str = SYSTEM_TOPIC
+    ) -> WorkerProcess:
         full_env = {**os.environ, **env, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"}
-        args = ["run", SYSTEM_TOPIC, "--app", app, "--poll-interval", "0.5", *extra]
+        args = ["run", system, "--app", app, "--poll-interval", "0.5", *extra]
         log = tmp_path / f"worker-{app}-{len(made)}.log"
         worker = WorkerProcess(args, full_env, log).start()
         made.append(worker)

@@ -26,6 +26,8 @@ from system_model import Counters, DogSchool
 
 from runners.testing.servers import free_port
 
+TOPICS_SYSTEM = "system_model:SYSTEM_WITH_TOPICS"
+
 __all__ = ["workers"]  # a fixture, imported for pytest
 
 
@@ -169,3 +171,27 @@ def test_each_process_of_a_multiprocess_runner_serves_its_own_metrics(
     finally:
         if runner.process is not None and runner.process.poll() is None:
             runner.kill()
+
+
+def test_lag_of_a_follower_with_topics_falls_to_zero_behind_a_log_of_other_events(
+    tmp_path: Path, request: pytest.FixtureRequest, workers: Any
+) -> None:
+    env = store_env("postgres", tmp_path, request)
+    apps = Apps(env)
+    try:
+        school = apps.get(DogSchool)
+        bulk_tricks(school, dogs=5, tricks_per_save=20, saves=5)  # ends with tricks
+        last = school.recorder.max_notification_id()
+        port = free_port()
+        workers("Registrations", env, "--metrics-port", str(port), system=TOPICS_SYSTEM)
+        wait_status(port, "/readyz", 200)
+        fl = {"follower": "Registrations", "leader": "DogSchool"}
+        deadline = time.monotonic() + WAIT
+        while value(port, "eventsourcing_lag", **fl) != 0:
+            assert time.monotonic() < deadline, value(port, "eventsourcing_lag", **fl)
+            time.sleep(0.1)
+        tracked = value(port, "eventsourcing_tracked_position", **fl)
+        assert tracked is not None and 0 < tracked < last  # the tricks after it are passed over
+        assert value(port, "eventsourcing_leader_position", **fl) == last
+    finally:
+        apps.close()
