@@ -7,6 +7,8 @@ guarantees of batches (one transaction each, all or nothing, a policy sees its o
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -604,3 +606,164 @@ def test_cycle_of_process_applications_settles(runner_cls: type[Runner[Any]]) ->
         assert pong.repository.get(rally_id).hits == 9
         assert ping.recorder.max_notification_id() == 10
         assert pong.recorder.max_notification_id() == 9
+
+
+# ---------------------------------------------------------------------------
+# The 9.5.6-named runners: delivered notifications processed as if read from the log
+
+
+class Witness(Counters):
+    """Counters that keep every event its policy is given."""
+
+    name = "Counters"
+
+    def __init__(self, env: Any = None) -> None:
+        super().__init__(env)
+        self.seen: list[DomainEventProtocol[UUID]] = []
+
+    def policy(
+        self, domain_event: DomainEventProtocol[UUID], processing_event: ProcessingEvent[UUID]
+    ) -> None:
+        self.seen.append(domain_event)
+        super().policy(domain_event, processing_event)
+
+
+class PullingWitness(Witness):
+    """Witness that overrides pull_notifications(), as 9.5.6 code may."""
+
+    name = "Counters"
+    pulls = 0
+
+    def pull_notifications(self, *args: Any, **kwargs: Any) -> Iterator[Sequence[Notification]]:
+        type(self).pulls += 1
+        return super().pull_notifications(*args, **kwargs)
+
+
+def count_reads(app: Application[Any]) -> list[int | None]:
+    """Record the start of every read of ``app``'s notification log."""
+    reads: list[int | None] = []
+    select = app.recorder.select_notifications
+
+    def counting(start: int | None, *args: Any, **kwargs: Any) -> Any:
+        reads.append(start)
+        return select(start, *args, **kwargs)
+
+    app.recorder.select_notifications = counting  # type: ignore[method-assign]
+    return reads
+
+
+SYNC_RUNNERS = [SingleThreadedRunner, MultiThreadedRunner]
+
+
+def settle(runner: Runner[Any], last_id: int) -> Witness:
+    witness = runner.get(Witness)
+    witness.recorder.wait("DogSchool", last_id, timeout=WAIT)
+    return witness
+
+
+@pytest.mark.parametrize("runner_cls", SYNC_RUNNERS, ids=lambda cls: cls.__name__)
+def test_delivered_notifications_are_decoded_not_read_back(runner_cls: type[Runner[Any]]) -> None:
+    with runner_cls(System([[DogSchool, Witness]])) as runner:
+        school = runner.get(DogSchool)
+        recordings = school.save(Dog("Fido"))
+        settle(runner, 1)  # the first prompt of a new leader knows no previous id: read
+        reads = count_reads(school)
+        dog_id = recordings[0].domain_event.originator_id
+        school.add_trick(dog_id, "sit")
+        school.add_trick(dog_id, "beg")
+        witness = settle(runner, 3)
+        assert reads == []
+        # What the policy is given is what a read of the log gives, not the leader's object.
+        stored = school.notification_log.select(start=1, limit=10)
+        assert witness.seen == [witness.mappers["DogSchool"].to_domain_event(n) for n in stored]
+        assert witness.seen[0] is not recordings[0].domain_event
+        assert witness.count(dog_id) == 2
+
+
+@pytest.mark.parametrize("runner_cls", SYNC_RUNNERS, ids=lambda cls: cls.__name__)
+def test_a_follower_that_overrides_pulling_reads_every_event(
+    runner_cls: type[Runner[Any]],
+) -> None:
+    PullingWitness.pulls = 0
+    with runner_cls(System([[DogSchool, PullingWitness]])) as runner:
+        school = runner.get(DogSchool)
+        started = PullingWitness.pulls
+        for name in ("Fido", "Rex", "Spot"):
+            school.register(name)
+            settle(runner, school.recorder.max_notification_id() or 0)
+        assert PullingWitness.pulls - started == 3
+
+
+def test_threaded_follower_commits_the_saves_in_flight_together() -> None:
+    """Woken while a save is in flight, the follower waits for it: one commit for both."""
+    with MultiThreadedRunner(System([[DogSchool, Counted]])) as runner:
+        school, counted = runner.get(DogSchool), runner.get(Counted)
+        assert isinstance(counted, Counted)
+        insert_events = school.recorder.insert_events
+        in_flight, release = threading.Event(), threading.Event()
+
+        def held_back(stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
+            if threading.current_thread().name == "held":
+                in_flight.set()
+                assert release.wait(WAIT)
+            return insert_events(stored_events, **kwargs)
+
+        school.recorder.insert_events = held_back  # type: ignore[method-assign]
+        held = threading.Thread(target=school.register, args=("Rex",), name="held")
+        held.start()
+        try:
+            assert in_flight.wait(WAIT)
+            school.register("Fido")  # id 1, recorded while Rex's save is in flight
+            time.sleep(0.2)  # the follower is woken meanwhile, and waits
+            assert counted.transactions == []
+        finally:
+            release.set()  # Rex's save: id 2
+            held.join(WAIT)
+        counted.recorder.wait("DogSchool", 2, timeout=WAIT)
+        assert counted.transactions == [2]
+
+
+def test_waiting_for_saves_in_flight_is_bounded() -> None:
+    leader: Leader[UUID] = Leader()
+    leader.save(Aggregate())
+    started = time.monotonic()
+    leader.wait_for_saves_in_flight(timeout=WAIT)  # none in flight: no wait
+    assert time.monotonic() - started < 1
+    leader._saves_started += 1  # a save that never ends
+    leader.wait_for_saves_in_flight(timeout=0.1)
+    assert time.monotonic() - started >= 0.1
+
+
+def test_a_lagging_follower_holds_a_bounded_number_of_delivered_events() -> None:
+    """Past QUEUE_MAX_SIZE events, the feed lets them go and reads the log instead."""
+
+    class Runner(MultiThreadedRunner[UUID]):
+        QUEUE_MAX_SIZE = 5
+
+    policy_entered, release = threading.Event(), threading.Event()
+
+    class Slow(Counters):
+        name = "Counters"
+
+        def policy(
+            self, domain_event: DomainEventProtocol[UUID], processing_event: ProcessingEvent[UUID]
+        ) -> None:
+            policy_entered.set()
+            assert release.wait(WAIT)
+            super().policy(domain_event, processing_event)
+
+    with Runner(System([[DogSchool, Slow]])) as runner:
+        school = runner.get(DogSchool)
+        try:
+            school.register("Fido")
+            assert policy_entered.wait(WAIT)  # the follower is busy with id 1
+            feed = runner._feeds["Counters"][0]
+            for i in range(4):
+                school.save(Dog(f"a{i}"), Dog(f"b{i}"))  # 8 events: 3 too many
+            assert feed._inbox_events <= 5 + 2
+            assert feed._must_read_log
+        finally:
+            release.set()
+        counters = runner.get(Slow)
+        counters.recorder.wait("DogSchool", 9, timeout=WAIT)
+        assert counters.recorder.max_notification_id() == 9

@@ -38,14 +38,17 @@ from system_model import (
     wait_until_settled,
 )
 
+from eventsourcing.persistence import IntegrityError
 from eventsourcing.system import (
     EventProcessingError,
     MultiThreadedRunner,
     Runner,
     RunnerAlreadyStartedError,
+    SingleThreadedRunner,
     System,
     UnknownApplicationError,
 )
+from eventsourcing.utils import get_topic
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -339,3 +342,43 @@ def test_env_reaches_every_application(runner_cls: type[Runner[Any]], backend: B
     with runner_cls(system, env={**backend.env, "MY_SETTING": "on"}) as runner:
         for cls in (DogSchool, Counters, Auditor):
             assert runner.get(cls).env.get("MY_SETTING") == "on"
+
+
+# ---------------------------------------------------------------------------
+# The 9.5.6-named runners process what a prompt carries, and read what it doesn't
+
+
+@pytest.mark.parametrize(
+    "named_runner_cls", [SingleThreadedRunner, MultiThreadedRunner], ids=lambda c: c.__name__
+)
+def test_events_no_prompt_carried_are_read_from_the_log(
+    named_runner_cls: type[Runner[Any]], persistent_backend: Backend
+) -> None:
+    with named_runner_cls(SYSTEM, env=persistent_backend.env) as runner:
+        school = runner.get(DogSchool)
+        school.notify_topics = [get_topic(Dog.Registered)]
+        fido = Dog("Fido")
+        fido.add_trick("sit")  # not notified, and before a notified event
+        school.save(fido, Dog("Rex"))
+        spot = Dog("Spot")
+        spot.add_trick("stay")  # not notified, and the last event of its save
+        school.save(spot)
+        school.notify_topics = []
+        # Another writer, which prompts nobody; on PostgreSQL its failed save leaves an
+        # id unused (a rolled-back transaction's).
+        with DogSchool(env=persistent_backend.env) as other:
+            lassie_id = other.register("Lassie")
+            first, second = (other.repository.get(lassie_id) for _ in range(2))
+            first.add_trick("sit")
+            second.add_trick("beg")
+            other.save(first)
+            with pytest.raises(IntegrityError):
+                other.save(second)
+        laika_id = school.register("Laika")
+        last_id = school.recorder.max_notification_id()
+        assert last_id == 9 if persistent_backend.name == "postgres" else 8
+        counters = runner.get(Counters)
+        counters.recorder.wait("DogSchool", last_id or 0, timeout=WAIT)
+        counts = [counters.count(d) for d in (fido.id, spot.id, lassie_id, laika_id)]
+        assert counts == [1, 1, 1, 0]
+        assert counters.recorder.max_notification_id() == 8  # 4 counters, 4 increments
