@@ -496,9 +496,15 @@ _BUILTIN_CODECS: dict[type[Transcoding], tuple[Callable[[Any], Any], Callable[[A
 #
 # Slotted, so each is one object for the garbage collector to track rather than two (object
 # and __dict__): a save of a thousand events otherwise sets off full collections that cost
-# more than the save. The hand-written __init__ methods skip the generated ones' checks.
+# more than the save. The hand-written __init__ methods skip the generated ones' checks, and
+# set the frozen fields through the slots' own setters (object.__setattr__ would look each
+# name up in the class first, at a cost like the rest of the __init__ together).
 
-_set = object.__setattr__
+
+def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """The setter of ``cls``'s slot ``name`` (it sets a frozen dataclass's field)."""
+    setter: Callable[[Any, Any], None] = cls.__dict__[name].__set__
+    return setter
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -513,10 +519,17 @@ class StoredEvent:
     def __init__(
         self, originator_id: UUID | str, originator_version: int, topic: str, state: bytes
     ) -> None:
-        _set(self, "originator_id", originator_id)
-        _set(self, "originator_version", originator_version)
-        _set(self, "topic", topic)
-        _set(self, "state", state)
+        _set_originator_id(self, originator_id)
+        _set_originator_version(self, originator_version)
+        _set_topic(self, topic)
+        _set_state(self, state)
+
+
+_new = object.__new__
+_set_originator_id = _slot_setter(StoredEvent, "originator_id")
+_set_originator_version = _slot_setter(StoredEvent, "originator_version")
+_set_topic = _slot_setter(StoredEvent, "topic")
+_set_state = _slot_setter(StoredEvent, "state")
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -533,11 +546,14 @@ class Notification(StoredEvent):
         state: bytes,
         id: int,
     ) -> None:
-        _set(self, "originator_id", originator_id)
-        _set(self, "originator_version", originator_version)
-        _set(self, "topic", topic)
-        _set(self, "state", state)
-        _set(self, "id", id)
+        _set_originator_id(self, originator_id)
+        _set_originator_version(self, originator_version)
+        _set_topic(self, topic)
+        _set_state(self, state)
+        _set_id(self, id)
+
+
+_set_id = _slot_setter(Notification, "id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,11 +610,13 @@ class Recording(Generic[TAggregateID]):
     notification: Notification
 
     def __init__(self, domain_event: DomainEventType, notification: Notification) -> None:
-        _set(self, "domain_event", domain_event)
-        _set(self, "notification", notification)
+        _set_domain_event(self, domain_event)
+        _set_notification(self, notification)
 
 
 _notification_slot = Recording.__dict__["notification"]
+_set_domain_event = _slot_setter(Recording, "domain_event")
+_set_notification = _notification_slot.__set__
 
 
 class _SavedRecording(Recording[TAggregateID]):
@@ -612,9 +630,9 @@ class _SavedRecording(Recording[TAggregateID]):
     def __init__(
         self, domain_event: DomainEventType, stored_event: StoredEvent, notification_id: int
     ) -> None:
-        _set(self, "domain_event", domain_event)
-        _set(self, "_stored_event", stored_event)
-        _set(self, "_notification_id", notification_id)
+        _set_domain_event(self, domain_event)
+        _set_saved_event(self, stored_event)
+        _set_saved_id(self, notification_id)
 
     @property
     def notification(self) -> Notification:
@@ -626,7 +644,7 @@ class _SavedRecording(Recording[TAggregateID]):
             notification = Notification(
                 s.originator_id, s.originator_version, s.topic, s.state, self._notification_id
             )
-            _notification_slot.__set__(self, notification)
+            _set_notification(self, notification)
         return notification
 
     def __eq__(self, other: object) -> bool:
@@ -642,6 +660,10 @@ class _SavedRecording(Recording[TAggregateID]):
     def __reduce__(self) -> tuple[Any, ...]:
         # Copied or pickled, it is a plain Recording.
         return Recording, (self.domain_event, self.notification)
+
+
+_set_saved_event = _slot_setter(_SavedRecording, "_stored_event")
+_set_saved_id = _slot_setter(_SavedRecording, "_notification_id")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -733,7 +755,13 @@ class Mapper(Generic[TAggregateID]):
                 data = compressor.compress(data)
             if cipher is not None:
                 data = cipher.encrypt(data)
-            stored_events.append(StoredEvent(originator_id, originator_version, topic, data))
+            # Built as StoredEvent.__init__ does, without the call to it.
+            stored_event = _new(StoredEvent)
+            _set_originator_id(stored_event, originator_id)
+            _set_originator_version(stored_event, originator_version)
+            _set_topic(stored_event, topic)
+            _set_state(stored_event, data)
+            stored_events.append(stored_event)
         return stored_events
 
     @staticmethod

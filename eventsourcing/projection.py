@@ -353,14 +353,15 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
             tracking = jobs[-1][1]
         tracking = _batch_tracking(jobs, tracking)
         with self.processing_lock:
-            processing_event = ProcessingEvent[TAggregateID](tracking=tracking)
+            # Not ProcessingEvent[TAggregateID](...): calling the alias costs a batch more.
+            processing_event: ProcessingEvent[TAggregateID] = ProcessingEvent(tracking=tracking)
             try:
                 recordings = self._process_batch(jobs, processing_event)
             except IntegrityError:
                 if not self._forget_recorded_aggregates():
                     raise
                 # Kept aggregates were out of date: run the batch again from the store.
-                processing_event = ProcessingEvent[TAggregateID](tracking=tracking)
+                processing_event = ProcessingEvent(tracking=tracking)
                 recordings = self._process_batch(jobs, processing_event)
             self._positions[tracking.application_name] = tracking.notification_id
             self._take_snapshots(processing_event)
