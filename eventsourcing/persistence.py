@@ -614,17 +614,16 @@ class Recording(Generic[TAggregateID]):
         _set_notification(self, notification)
 
 
-_notification_slot = Recording.__dict__["notification"]
 _set_domain_event = _slot_setter(Recording, "domain_event")
-_set_notification = _notification_slot.__set__
+_set_notification = _slot_setter(Recording, "notification")
 
 
 class _SavedRecording(Recording[TAggregateID]):
     """A recording that makes its notification when first asked: ``save()`` returns one per
     event, and most callers never look at the notification."""
 
-    __slots__ = ("_notification_id", "_stored_event")
-    _notification_id: int
+    __slots__ = ("_notification", "_stored_event")
+    _notification: int | Notification  # its id until it is made
     _stored_event: StoredEvent
 
     def __init__(
@@ -632,20 +631,20 @@ class _SavedRecording(Recording[TAggregateID]):
     ) -> None:
         _set_domain_event(self, domain_event)
         _set_saved_event(self, stored_event)
-        _set_saved_id(self, notification_id)
+        _set_saved_notification(self, notification_id)
 
     @property
     def notification(self) -> Notification:
         """The notification the event became (made on first use)."""
-        try:
-            notification: Notification = _notification_slot.__get__(self)
-        except AttributeError:
-            s = self._stored_event
-            notification = Notification(
-                s.originator_id, s.originator_version, s.topic, s.state, self._notification_id
-            )
-            _set_notification(self, notification)
-        return notification
+        # Not kept in the inherited slot: finding that empty raises an AttributeError,
+        # whose message alone costs more than the rest of this.
+        notification = self._notification
+        if isinstance(notification, Notification):
+            return notification
+        s = self._stored_event
+        made = Notification(s.originator_id, s.originator_version, s.topic, s.state, notification)
+        _set_saved_notification(self, made)
+        return made
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Recording):
@@ -663,7 +662,7 @@ class _SavedRecording(Recording[TAggregateID]):
 
 
 _set_saved_event = _slot_setter(_SavedRecording, "_stored_event")
-_set_saved_id = _slot_setter(_SavedRecording, "_notification_id")
+_set_saved_notification = _slot_setter(_SavedRecording, "_notification")
 
 
 # ---------------------------------------------------------------------------------------------
