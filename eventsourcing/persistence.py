@@ -556,7 +556,7 @@ class Notification(StoredEvent):
 _set_id = _slot_setter(Notification, "id")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Tracking:
     """The position (notification id) up to which an upstream application was processed.
 
@@ -568,6 +568,10 @@ class Tracking:
     application_name: str
     notification_id: int
 
+    def __init__(self, application_name: str, notification_id: int) -> None:
+        _set_application_name(self, application_name)
+        _set_notification_id(self, notification_id)
+
     def first_notification_id(self) -> int:
         """The first notification this record covers; none of them may be recorded yet."""
         return self.notification_id
@@ -575,6 +579,10 @@ class Tracking:
     def notification_ids(self) -> tuple[int, ...]:
         """The notifications this record covers: one row each in a multi-row table."""
         return (self.notification_id,)
+
+
+_set_application_name = _slot_setter(Tracking, "application_name")
+_set_notification_id = _slot_setter(Tracking, "notification_id")
 
 
 @dataclass(frozen=True, slots=True)
