@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 import pytest
@@ -692,6 +692,42 @@ def test_a_follower_that_overrides_pulling_reads_every_event(
             school.register(name)
             settle(runner, school.recorder.max_notification_id() or 0)
         assert PullingWitness.pulls - started == 3
+
+
+class PullAndProcessWitness(Witness):
+    """Witness that overrides pull_and_process(), which 9.5.6's runners call on a prompt."""
+
+    name = "Counters"
+    calls: ClassVar[list[str]] = []
+
+    def pull_and_process(
+        self, leader_name: str, start: int | None = None, stop: int | None = None
+    ) -> None:
+        type(self).calls.append(leader_name)
+        super().pull_and_process(leader_name, start, stop)
+
+
+@pytest.mark.parametrize("runner_cls", SYNC_RUNNERS, ids=lambda cls: cls.__name__)
+def test_a_follower_that_overrides_pull_and_process_has_it_called_on_each_prompt(
+    runner_cls: type[Runner[Any]],
+) -> None:
+    PullAndProcessWitness.calls = []
+    with runner_cls(System([[DogSchool, PullAndProcessWitness]])) as runner:
+        school = runner.get(DogSchool)
+        dog_ids = [school.register("Fido")]
+        settle(runner, 1)
+        started = len(PullAndProcessWitness.calls)
+        school.add_trick(dog_ids[0], "sit")
+        settle(runner, 2)
+        for name in ("Rex", "Spot"):
+            dog_ids.append(school.register(name))
+            settle(runner, school.recorder.max_notification_id() or 0)
+            school.add_trick(dog_ids[-1], "sit")
+            settle(runner, school.recorder.max_notification_id() or 0)
+        assert PullAndProcessWitness.calls[started:] == ["DogSchool"] * 5
+        witness = runner.get(PullAndProcessWitness)
+        assert [witness.count(dog_id) for dog_id in dog_ids] == [1, 1, 1]
+        assert len(witness.seen) == 6  # each event once
 
 
 def test_threaded_follower_commits_the_saves_in_flight_together() -> None:

@@ -32,6 +32,8 @@ DEFAULT_ESBENCH = ROOT.parent / "shared" / "bench" / "esbench.py"
 WORKLOADS = "domain,command,bulk,read,log,system,concurrent,latency,raw"
 BEGIN, END = "<!-- ANALYSIS -->", "<!-- /ANALYSIS -->"
 PAXOS_BEGIN, PAXOS_END = "<!-- PAXOS -->", "<!-- /PAXOS -->"  # written by paxos.py
+# Written from runners_bench.py and soak_runners.py runs.
+RUNNERS_BEGIN, RUNNERS_END = "<!-- RUNNERS -->", "<!-- /RUNNERS -->"
 
 sys.path.insert(0, str(HERE.parent))
 from anchor import anchor_python  # noqa: E402
@@ -337,6 +339,10 @@ commit ceilings are slightly low (in our favour).
 {PAXOS_BEGIN}
 {kept_analysis(PAXOS_BEGIN, PAXOS_END)}
 {PAXOS_END}
+
+{RUNNERS_BEGIN}
+{kept_analysis(RUNNERS_BEGIN, RUNNERS_END)}
+{RUNNERS_END}
 
 ## Ratios (esbench workloads)
 
