@@ -58,8 +58,8 @@ RUNNERS = {
 }
 RATES = (50, 200)
 RATE_SECONDS = 5.0
-IDLE_SAVES = 40
-IDLE_GAP = 0.25
+IDLE_SAVES = 200
+IDLE_GAP = 0.05
 
 
 class Watcher(threading.Thread):

@@ -77,7 +77,13 @@ def test_a_replica_killed_mid_run_catches_up_and_agrees(
     killed_at: list[float] = []
 
     def kill_and_restart() -> None:
-        time.sleep(rng.uniform(0.2, 1.0))
+        # A random moment while the clients run: after some of their 90 commands returned
+        # (a moment in seconds may fall after the last of them on a fast machine).
+        completed_before_kill = rng.randint(3, 30)
+        deadline = time.monotonic() + 60
+        while len(history.operations) < completed_before_kill:
+            assert time.monotonic() < deadline, "the clients made no progress"
+            time.sleep(0.01)
         cluster.kill("Replica1")
         killed_at.append(history.now())
         time.sleep(rng.uniform(0.5, 1.5))
