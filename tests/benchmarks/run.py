@@ -99,7 +99,19 @@ def esbench_md(esbench: Path, *args: str) -> str:
     result = subprocess.run(
         [sys.executable, str(esbench), *args], check=True, capture_output=True, text=True
     )
-    return result.stdout.strip()
+    return without_machine_paths(result.stdout.strip(), esbench)
+
+
+def without_machine_paths(text: str, esbench: Path) -> str:
+    """``text`` with this machine's paths written relative to the repository."""
+    anchor_site = anchor_python().parent.parent
+    for path, name in (
+        (esbench.resolve().parent.parent, "../shared"),
+        (ROOT, "."),
+        (anchor_site, "<anchor venv>"),
+    ):
+        text = text.replace(f"{path}/", f"{name}/").replace(str(path), name)
+    return text
 
 
 # How close each durable workload comes to what the database gives a plain sqlite3/psycopg
