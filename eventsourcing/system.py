@@ -324,7 +324,9 @@ class Leader(Application[TAggregateID]):
         self.followers: list[RecordingEventReceiver[TAggregateID]] = []
         # Keeps each prompt's previous id consistent with the prompt before it.
         self._prompt_lock = threading.Lock()
-        # Saves started and ended, for followers that wait for the saves in flight.
+        # Saves started and ended, counted once a follower waits for the saves in flight
+        # (until then a save pays nothing for it).
+        self._counts_saves = False
         self._saves_started = 0
         self._saves_ended = 0
         self._saves_lock = threading.Lock()
@@ -343,6 +345,8 @@ class Leader(Application[TAggregateID]):
         """Record events as :meth:`Application.save` does, then prompt the followers."""
         if self.previous_max_notification_id is None:
             self.previous_max_notification_id = self.recorder.max_notification_id()
+        if not self._counts_saves:  # read once: a save counts both its ends or neither
+            return super().save(*objs, **kwargs)
         saves_lock = self._saves_lock
         with saves_lock:
             self._saves_started += 1
@@ -360,6 +364,7 @@ class Leader(Application[TAggregateID]):
         A follower that does this before processing commits the events of those saves in
         one batch instead of one commit each; it waits only while saves are in flight.
         """
+        self._counts_saves = True  # from now on (saves already in flight aren't waited for)
         save_ended = self._save_ended
         with save_ended:
             started = self._saves_started
