@@ -456,7 +456,7 @@ class DatetimeAsISO(Transcoding):
 
 
 _THREE_DIGITS = [f"{i:03d}" for i in range(1000)]
-# The last second formatted: (date, time and fold to the second; tzinfo; the text before
+# The last second formatted: (date and time to the second; tzinfo; the text before
 # and after the microseconds).
 _iso_second: tuple[Any, Any, str, str] = (b"", None, "", "")
 
@@ -468,7 +468,7 @@ def _isoformat(dt: datetime) -> str:
     consecutive ones share all but the microseconds, which are looked up, not formatted.
     """
     global _iso_second  # one tuple, replaced whole: safe between threads
-    args = dt.__reduce__()[1]  # (10 bytes: year to second and fold, then microseconds[, tz])
+    args = dt.__reduce__()[1]  # (10 bytes: year to second, then microseconds[, tzinfo])
     second = args[0][:7]
     tzinfo = args[1] if len(args) > 1 else None
     cached = _iso_second

@@ -12,6 +12,7 @@ the servers keep nothing once stopped.
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
@@ -44,10 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ExitStack() as stack:
         try:
             settings = _start_servers(stack, args.dbname)
-        except (ServerUnavailableError, ImportError) as error:
+        except ServerUnavailableError as error:
             print(f"python -m runners.testing: error: {error}", file=sys.stderr)
             return 1
-        text = "".join(f"export {key}={value}\n" for key, value in settings.items())
+        except ImportError as error:
+            missing = error.name or error
+            print(f"python -m runners.testing: error: {missing} is not installed; install "
+                  "the testing extra: pip install -e '.[testing]'", file=sys.stderr)  # fmt: skip
+            return 1
+        text = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in settings.items())
         stack.callback(args.env_file.unlink, missing_ok=True)
         partial = args.env_file.with_name(args.env_file.name + ".partial")
         partial.write_text(text)
