@@ -33,10 +33,11 @@ def follower_lag(
     leader_name: str,
     leader: Application[Any],
     tracked: int | None = None,
+    limit: int = SCAN_LIMIT,
 ) -> Lag:
     """How many notifications of ``leader`` (named ``leader_name``) ``follower`` has yet to
-    process after ``tracked`` (by default, its recorded position); beyond
-    :data:`SCAN_LIMIT` of them, the count of all notifications left."""
+    process after ``tracked`` (by default, its recorded position); beyond ``limit`` of them,
+    the count of all notifications left."""
     if tracked is None:
         tracked = follower.recorder.max_tracking_id(leader_name) or 0
     last = leader.recorder.max_notification_id() or 0
@@ -44,6 +45,6 @@ def follower_lag(
     if not behind or not follower.topics:
         return Lag(behind, tracked, last)
     pending = leader.recorder.select_notifications(
-        start=tracked, limit=SCAN_LIMIT, topics=follower.topics, inclusive_of_start=False
+        start=tracked, limit=limit, topics=follower.topics, inclusive_of_start=False
     )
-    return Lag(len(pending) if len(pending) < SCAN_LIMIT else behind, tracked, last)
+    return Lag(len(pending) if len(pending) < limit else behind, tracked, last)

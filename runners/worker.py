@@ -64,6 +64,7 @@ EXIT_FORCED = 5
 
 POLL_INTERVAL = 1.0  # seconds between reads of the leaders' logs without a prompt
 PROGRESS_THRESHOLD = 1000  # notifications behind at start that deserve a progress bar
+METRICS_SCAN_LIMIT = 1000  # notifications of its topics a lag metric counts, at most
 
 
 class Backoff:
@@ -389,9 +390,9 @@ class Worker:
             return
         for leader_name, feed in entry.feeds.items():
             try:
-                lag = follower_lag(
-                    entry.app, leader_name, entry.leaders[leader_name], feed.position or 0
-                )
+                # Counted every poll: a short scan, exact near zero, which is what matters.
+                lag = follower_lag(entry.app, leader_name, entry.leaders[leader_name],
+                                   feed.position or 0, limit=METRICS_SCAN_LIMIT)  # fmt: skip
             except PersistenceError:
                 return  # the loop meets the same error and retries
             self.metrics.positions(entry.name, leader_name, lag.tracked, lag.leader_last, lag.lag)
