@@ -104,11 +104,10 @@ def esbench_md(esbench: Path, *args: str) -> str:
 
 def without_machine_paths(text: str, esbench: Path) -> str:
     """``text`` with this machine's paths written relative to the repository."""
-    anchor_site = anchor_python().parent.parent
     for path, name in (
         (esbench.resolve().parent.parent, "../shared"),
         (ROOT, "."),
-        (anchor_site, "<anchor venv>"),
+        (Path.home(), "~"),  # the anchor's virtual environment is cached there
     ):
         text = text.replace(f"{path}/", f"{name}/").replace(str(path), name)
     return text
