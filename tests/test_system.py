@@ -770,6 +770,34 @@ def test_waiting_for_saves_in_flight_is_bounded() -> None:
     assert time.monotonic() - started >= 0.1
 
 
+def _end_a_save(leader: Leader[UUID], *, start_another: bool) -> None:
+    with leader._save_ended:
+        leader._saves_ended += 1
+        leader._saves_started += start_another
+        leader._save_ended.notify_all()
+
+
+@pytest.mark.parametrize("linger", [0.0, WAIT])
+def test_a_lingering_wait_takes_in_the_saves_that_follow_back_to_back(linger: float) -> None:
+    """Saves coming without a pause are waited for (for up to ``linger``), one after another."""
+    leader: Leader[UUID] = Leader()
+    leader.wait_for_saves_in_flight(timeout=WAIT)  # starts the counting
+    leader._saves_started += 1  # save 1 in flight
+
+    def back_to_back_saves() -> None:
+        time.sleep(0.05)
+        _end_a_save(leader, start_another=True)  # save 1 ends as save 2 starts
+        time.sleep(0.05)
+        _end_a_save(leader, start_another=False)  # save 2 ends; then a pause
+
+    saver = threading.Thread(target=back_to_back_saves)
+    saver.start()
+    leader.wait_for_saves_in_flight(timeout=WAIT, linger=linger)
+    ended_at_return = leader._saves_ended
+    saver.join(WAIT)
+    assert ended_at_return == (2 if linger else 1)
+
+
 def test_a_lagging_follower_holds_a_bounded_number_of_delivered_events() -> None:
     """Past QUEUE_MAX_SIZE events, the feed lets them go and reads the log instead."""
 

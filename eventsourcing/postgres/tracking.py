@@ -53,8 +53,10 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
         self.tracking_table_exists = False
         self.tracking_migration_previous: int | None = None
         self.tracking_migration_current: int | None = None
-        primary_key = "application_name" if datastore.single_row_tracking else (
-            "application_name, notification_id"
+        primary_key = (
+            "application_name"
+            if datastore.single_row_tracking
+            else ("application_name, notification_id")
         )
         self.sql_create_statements.append(
             SQL(
