@@ -86,6 +86,47 @@ def run_esbench(python: Path, label: str, args: argparse.Namespace) -> Path:
     return out
 
 
+# Peak RSS is measured in a run of its own: a fresh process per case (esbench --isolate),
+# at a fifth of the size, so that the speed run is not slowed by starting processes.
+MEMORY_WORKLOADS = "domain,command,bulk,read,log,system"
+MEMORY_SCALE = 0.2
+# What a process holds once it has imported the package, before any workload.
+IMPORTED = (
+    "import eventsourcing.application, eventsourcing.system; "
+    "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
+)
+
+
+def run_memory(python: Path, label: str, args: argparse.Namespace) -> Path:
+    """Peak RSS of each case, each repetition in a fresh process; return the JSON's path."""
+    out = RESULTS / f"{label}-rss.json"
+    command = [str(python), str(args.esbench), "--only", MEMORY_WORKLOADS]
+    command += ["--backends", args.backends, "--repeat", "1", "--scale", str(MEMORY_SCALE)]
+    command += ["--isolate", "--label", f"{label}-rss", "--json", str(out)]
+    print(f"== peak RSS with {label}", file=sys.stderr)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=RESULTS)
+    imported = subprocess.run(
+        [str(python), "-c", IMPORTED], check=True, capture_output=True, text=True, cwd=RESULTS
+    )
+    result = json.loads(out.read_text())
+    result["meta"]["imported_rss_mb"] = int(imported.stdout) / 1024
+    out.write_text(json.dumps(result, indent=2))
+    return out
+
+
+def memory_table(anchor: dict[str, Any], ours: dict[str, Any]) -> str:
+    """Each case's peak RSS, anchor and ours, and what a process holds once imported."""
+    rows = ["| case | anchor peak MB | ours peak MB | ours - anchor |", "|---|---:|---:|---:|"]
+    for case in ours["cases"]:
+        base, new = median(anchor, case, "peak_rss_mb"), median(ours, case, "peak_rss_mb")
+        if base is not None and new is not None:
+            rows.append(f"| {case} | {base:.1f} | {new:.1f} | {new - base:+.1f} |")
+    base, new = anchor["meta"].get("imported_rss_mb"), ours["meta"].get("imported_rss_mb")
+    if base is not None and new is not None:
+        rows.append(f"| imported, no workload | {base:.1f} | {new:.1f} | {new - base:+.1f} |")
+    return "\n".join(rows)
+
+
 def run_snapshots(python: Path, label: str, args: argparse.Namespace) -> dict[str, float]:
     backends = ",".join(b for b in expand(args.backends) if b != "postgres")
     print(f"== snapshots with {label}", file=sys.stderr)
@@ -284,6 +325,24 @@ def met(value: float, target: float | None) -> str:
     return "-" if target is None else ("yes" if value >= target else "no")
 
 
+def memory_section(args: argparse.Namespace) -> str:
+    """The peak RSS table, if this run (or, with --report-only, an earlier one) measured it."""
+    anchor_json, ours_json = RESULTS / "anchor-rss.json", RESULTS / "ours-rss.json"
+    if not args.memory or not anchor_json.exists() or not ours_json.exists():
+        return ""
+    anchor, ours = json.loads(anchor_json.read_text()), json.loads(ours_json.read_text())
+    return f"""## Peak RSS
+
+Measured after the speed runs, anchor then ours: `esbench.py --only {MEMORY_WORKLOADS}
+--scale {MEMORY_SCALE} --repeat 1 --isolate`, each case in a fresh process (its peak includes
+the interpreter, the imports, the warm-up and the measured run). The last row is a process
+that has only imported `eventsourcing.application` and `eventsourcing.system`.
+
+{memory_table(anchor, ours)}
+
+"""
+
+
 def snapshots_table(anchor: dict[str, float], ours: dict[str, float]) -> str:
     rows = [
         "| backend/mode | anchor aggregates/s | ours aggregates/s | ratio |",
@@ -324,6 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run each repetition in a fresh process and report its peak RSS (esbench --isolate)",
     )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help=f"also measure peak RSS: {MEMORY_WORKLOADS} at --scale {MEMORY_SCALE}, each case "
+        "in a fresh process (esbench --isolate), after the speed runs",
+    )
     args = parser.parse_args(argv)
     if not args.esbench.exists():
         parser.error(f"esbench.py not found at {args.esbench}: pass --esbench or set ESBENCH")
@@ -339,16 +404,20 @@ def main(argv: list[str] | None = None) -> int:
         ours_json = run_esbench(ours, "ours", args)
         anchor_snap = run_snapshots(anchor, "anchor", args)
         ours_snap = run_snapshots(ours, "ours", args)
+        if args.memory:
+            run_memory(anchor, "anchor", args)
+            run_memory(ours, "ours", args)
     anchor_result = json.loads(anchor_json.read_text())
     ours_result = json.loads(ours_json.read_text())
     meta = ours_result["meta"]
     when = meta["date_utc"][:16].replace("T", " ") + " UTC"
     scale = f" --scale {args.scale}" if args.scale != 1.0 else ""
+    flags = " --isolate" * args.isolate + " --memory" * args.memory
     report = f"""# Benchmarks: ours against eventsourcing 9.5.6
 
 Run on {when}, {meta["python_implementation"]} {meta["python"]},
 {meta["cpu_count"]} cores, with `python tests/benchmarks/run.py --backends {args.backends}
---only {args.only} --repeat {args.repeat}{scale}{" --isolate" if args.isolate else ""}`: the anchor
+--only {args.only} --repeat {args.repeat}{scale}{flags}`: the anchor
 first, then ours, in one sitting.
 Ratios are ours / anchor (medians; above 1 is faster). Raw JSON is in `results/`.
 
@@ -362,7 +431,7 @@ commit ceilings are slightly low (in our favour).
 
 {ceiling_table(anchor_result, ours_result)}
 
-## Analysis
+{memory_section(args)}## Analysis
 
 {BEGIN}
 {kept_analysis()}
