@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
+from json.encoder import encode_basestring
 from threading import Condition, Event, Lock, Semaphore, Thread, Timer
 from time import monotonic, sleep
 from types import GenericAlias, ModuleType, TracebackType
@@ -334,6 +335,17 @@ class JSONTranscoder(Transcoder):
         self.decoder = json.JSONDecoder(object_hook=self._decode_obj)
         self._encode_chunks = _make_c_encoder(self._encode_obj)
         self._scan_once = _make_c_scanner(self.decoder)
+        # An event's state is a dict: its fields are written one by one, the values of the
+        # types below (by exact type) here, any other by the C encoder. Registered types
+        # with a built-in transcoding are added: the C encoder would call back to Python
+        # for each and encode the dict it returns, which costs more than writing it here.
+        self._writers: dict[type, Callable[[Any], str]] = {
+            str: encode_basestring,
+            int: int.__repr__,
+            bool: _write_bool,
+            type(None): _write_null,
+        }
+        self._field_prefixes: dict[str, str] = {}
 
     def register(self, transcoding: Transcoding) -> None:
         """Use ``transcoding`` for values of exactly its ``type`` and data under its ``name``."""
@@ -345,12 +357,35 @@ class JSONTranscoder(Transcoder):
         )
         self._encoders[transcoding.type] = (transcoding.name, encode)
         self._decoders[transcoding.name] = decode
+        if transcoding.type not in _JSON_TYPES:  # JSON's own types never reach a transcoding
+            self._writers.pop(transcoding.type, None)
+            if type(transcoding) in _BUILTIN_CODECS:  # their data is always a str
+                self._writers[transcoding.type] = _tagged_str_writer(transcoding.name, encode)
 
     def encode(self, obj: Any) -> bytes:
         """Return ``obj`` as compact UTF-8 JSON (non-ASCII characters are written raw)."""
         if self._encode_chunks is None:  # pragma: no cover (no C accelerator)
             return self.encoder.encode(obj).encode("utf8")
+        if type(obj) is dict:
+            return self._encode_fields(obj)
         return "".join(self._encode_chunks(obj, 0)).encode("utf8")
+
+    def _encode_fields(self, obj: dict[Any, Any]) -> bytes:
+        """``obj`` written field by field: the same bytes as the C encoder writes."""
+        assert self._encode_chunks is not None
+        chunks, writers, prefixes = self._encode_chunks, self._writers, self._field_prefixes
+        members = []
+        for key, value in obj.items():
+            prefix = prefixes.get(key)
+            if prefix is None:
+                if type(key) is not str:  # the C encoder converts or refuses other keys
+                    return "".join(chunks(obj, 0)).encode("utf8")
+                prefix = encode_basestring(key) + ":"
+                if len(prefixes) < _MAX_FIELD_PREFIXES:
+                    prefixes[key] = prefix
+            write = writers.get(type(value))
+            members.append(prefix + (write(value) if write else "".join(chunks(value, 0))))
+        return ("{" + ",".join(members) + "}").encode("utf8")
 
     def decode(self, data: bytes) -> Any:
         """Return the object encoded in ``data``, rebuilding registered types."""
@@ -386,6 +421,30 @@ class JSONTranscoder(Transcoder):
                 "register a custom transcoding for this type."
             ) from None
         return decode(d[_DATA])
+
+
+_JSON_TYPES = frozenset({str, int, float, bool, type(None), dict, list, tuple})
+# Field names are few (an application's event attributes); any beyond this aren't kept.
+_MAX_FIELD_PREFIXES = 10_000
+
+
+def _write_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _write_null(value: None) -> str:
+    return "null"
+
+
+def _tagged_str_writer(name: str, encode: Callable[[Any], str]) -> Callable[[Any], str]:
+    """A writer of ``{"_type_": name, "_data_": encode(value)}``, as the C encoder writes it."""
+    head = "{" + encode_basestring(_TYPE) + ":" + encode_basestring(name)
+    head += "," + encode_basestring(_DATA) + ":"
+
+    def write(value: Any) -> str:
+        return head + encode_basestring(encode(value)) + "}"
+
+    return write
 
 
 def _make_c_encoder(default: Callable[[Any], Any]) -> Callable[[Any, int], Any] | None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import queue
+import random
 import sys
 import threading
 import time
 import types
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import FrozenInstanceError, dataclass, fields
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from enum import IntEnum
 from typing import Any, ClassVar, get_args
 from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
@@ -123,6 +125,62 @@ def test_encoding_is_byte_compatible_with_eventsourcing_9() -> None:
     transcoder = default_transcoder()
     assert transcoder.encode(COMPAT_STATE) == COMPAT_BYTES
     assert transcoder.decode(COMPAT_BYTES) == COMPAT_STATE
+
+
+def _c_encoded(transcoder: JSONTranscoder, obj: Any) -> bytes:
+    assert transcoder._encode_chunks is not None
+    return "".join(transcoder._encode_chunks(obj, 0)).encode("utf8")
+
+
+class _Colour(IntEnum):
+    RED = 1
+
+
+class _Name(str):
+    pass
+
+
+def test_states_are_written_field_by_field_as_the_c_encoder_writes_them() -> None:
+    # A state (a dict) is written field by field, its common values in Python, as bytes
+    # that must equal what the stdlib's C encoder writes for the whole dict.
+    rnd = random.Random(7)
+
+    def text() -> str:
+        return "".join(rnd.choice('az\x00"\\\u2028é🐈') for _ in range(rnd.randint(0, 8)))
+
+    values: list[Callable[[], Any]] = [
+        text,
+        lambda: rnd.randint(-(10**20), 10**20),
+        lambda: rnd.random() * 1e10,
+        lambda: rnd.choice([True, False, None, 0.0, -0.0]),
+        lambda: float(rnd.choice(["nan", "inf", "-inf"])),
+        uuid4,
+        lambda: Decimal(str(rnd.random())),
+        lambda: (
+            datetime(2020, 1, 1, tzinfo=rnd.choice([UTC, None]))
+            + timedelta(microseconds=rnd.randint(0, 10**14))
+        ),
+        lambda: rnd.choice([_Colour.RED, _Name("sub")]),
+        lambda: {text(): uuid4(), 1: [2.5, None]},
+        lambda: [datetime.now(UTC), (1, "a")],
+    ]
+    transcoder = default_transcoder()
+    for _ in range(5000):
+        state = {text(): rnd.choice(values)() for _ in range(rnd.randint(0, 6))}
+        assert transcoder.encode(state) == _c_encoded(transcoder, state)
+    odd_keys = {1: "a", 2.5: "b", None: "c", False: "d", "e": 1}
+    assert transcoder.encode(odd_keys) == _c_encoded(transcoder, odd_keys)
+
+    class Stamp(DatetimeAsISO):  # registered over the built-in one: its encode is used
+        def encode(self, obj: datetime) -> str:
+            return "stamp"
+
+    transcoder.register(Stamp())
+    assert transcoder.encode({"t": datetime.now(UTC)}) == (
+        b'{"t":{"_type_":"datetime_iso","_data_":"stamp"}}'
+    )
+    with pytest.raises(TranscodingNotRegisteredError):
+        transcoder.encode({"ok": 1, "bad": object()})
 
 
 def test_timestamps_encode_as_isoformat_whatever_came_before() -> None:
