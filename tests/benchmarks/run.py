@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -58,6 +59,10 @@ def installed_python() -> Path:
     site_packages = sysconfig.get_path("purelib")
     target = sysconfig.get_path("purelib", vars={"base": str(home), "platbase": str(home)})
     Path(target, "eventsourcing-bench.pth").write_text(f"{ROOT}\n{site_packages}\n")
+    # Byte-compiled, as pip does on install: a module compiled at import raises the peak
+    # RSS of every process by the compiler's memory (about 3 MB for this package).
+    packages = [str(ROOT / name) for name in ("eventsourcing", "runners")]
+    subprocess.run([str(python), "-m", "compileall", "-q", *packages], check=True)
     return python
 
 
@@ -125,6 +130,26 @@ def memory_table(anchor: dict[str, Any], ours: dict[str, Any]) -> str:
     if base is not None and new is not None:
         rows.append(f"| imported, no workload | {base:.1f} | {new:.1f} | {new - base:+.1f} |")
     return "\n".join(rows)
+
+
+def run_ceilings(python: Path, label: str, args: argparse.Namespace) -> Path:
+    """``ceiling.py``'s paired rounds with ``python``; return the JSON's path."""
+    out = RESULTS / f"{label}-ceilings.json"
+    backends = [b for b in expand(args.backends) if b in ("sqlite_file", "postgres")]
+    print(f"== paired ceilings with {label}", file=sys.stderr)
+    command = [str(python), str(HERE / "ceiling.py"), "--backends", ",".join(backends)]
+    command += ["--rounds", str(args.repeat), "--esbench", str(args.esbench), "--json", str(out)]
+    subprocess.run(command, check=True, stderr=subprocess.DEVNULL, cwd=RESULTS)
+    return out
+
+
+def paired_ceilings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``ceiling.py``'s results for the anchor and ours, if asked for and there."""
+    paths = [RESULTS / f"{label}-ceilings.json" for label in ("anchor", "ours")]
+    if not args.ceilings or not all(path.exists() for path in paths):
+        return None
+    anchor, ours = (json.loads(path.read_text()) for path in paths)
+    return anchor, ours
 
 
 def run_snapshots(python: Path, label: str, args: argparse.Namespace) -> dict[str, float]:
@@ -282,11 +307,21 @@ def median(result: dict[str, Any], case: str, metric: str) -> float | None:
     return None if found is None else float(found["median"])
 
 
-def ceiling_table(anchor: dict[str, Any], ours: dict[str, Any]) -> str:
-    """Each durable workload as a fraction of its ceiling, each run against its own raw."""
+def ceiling_table(
+    anchor: dict[str, Any],
+    ours: dict[str, Any],
+    paired: tuple[dict[str, Any], dict[str, Any]] | None = None,
+) -> str:
+    """Each durable workload as a fraction of its ceiling, each run against its own raw.
+
+    With ``paired`` (``ceiling.py``'s results, anchor and ours), each fraction is the median
+    of the rounds' fractions, each set against the raw floor measured just before it;
+    otherwise the esbench medians of the workload and of the raw floor are set together.
+    """
     rows = [
-        "| workload | ceiling | ceiling (ours' run) | anchor | ours | target | met |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| workload | ceiling | ceiling (ours' run) | anchor | ours | ours, spread | target "
+        "| met |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
 
     def fraction(
@@ -296,21 +331,32 @@ def ceiling_table(anchor: dict[str, Any], ours: dict[str, Any]) -> str:
         return None if value is None or not floor else value / (floor * per_raw)
 
     for case, metric, raw, raw_metric, per_raw, how, target in CEILINGS:
-        ours_fraction = fraction(ours, case, metric, raw, raw_metric, per_raw)
-        if ours_fraction is None:
-            continue
-        anchor_fraction = fraction(anchor, case, metric, raw, raw_metric, per_raw)
-        ceiling = (median(ours, raw, raw_metric) or 0) * per_raw
+        if paired is not None:
+            if case not in paired[1]["fractions"]:
+                continue
+            ours_fractions = paired[1]["fractions"][case]
+            ours_fraction = statistics.median(ours_fractions)
+            anchor_fraction = statistics.median(paired[0]["fractions"][case])
+            ceiling = statistics.median(paired[1]["ceilings"][case])
+            spread = f"{min(ours_fractions):.0%}-{max(ours_fractions):.0%}"
+        else:
+            found = fraction(ours, case, metric, raw, raw_metric, per_raw)
+            if found is None:
+                continue
+            ours_fraction, spread = found, "-"
+            anchor_fraction = fraction(anchor, case, metric, raw, raw_metric, per_raw)
+            ceiling = (median(ours, raw, raw_metric) or 0) * per_raw
         rows.append(
             f"| {case} {metric} | {how} | {ceiling:,.0f} | {percent(anchor_fraction)} "
-            f"| {percent(ours_fraction)} | {percent(target)} | {met(ours_fraction, target)} |"
+            f"| {percent(ours_fraction)} | {spread} | {percent(target)} "
+            f"| {met(ours_fraction, target)} |"
         )
     for case, metric, target in AGAINST_ANCHOR:
         base, new = median(anchor, case, metric), median(ours, case, metric)
         if base and new:
             rows.append(
                 f"| {case} {metric} | the anchor's rate (not flush-bound) | {base:,.0f} | 1.00x "
-                f"| {new / base:.2f}x | {target:.1f}x | {met(new / base, target)} |"
+                f"| {new / base:.2f}x | - | {target:.1f}x | {met(new / base, target)} |"
             )
     return "\n".join(rows)
 
@@ -389,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"also measure peak RSS: {MEMORY_WORKLOADS} at --scale {MEMORY_SCALE}, each case "
         "in a fresh process (esbench --isolate), after the speed runs",
     )
+    parser.add_argument(
+        "--ceilings",
+        action="store_true",
+        help="set each durable workload against a raw floor measured just before it "
+        "(ceiling.py, --repeat rounds), after the speed runs, for the table of fractions",
+    )
     args = parser.parse_args(argv)
     if not args.esbench.exists():
         parser.error(f"esbench.py not found at {args.esbench}: pass --esbench or set ESBENCH")
@@ -404,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         ours_json = run_esbench(ours, "ours", args)
         anchor_snap = run_snapshots(anchor, "anchor", args)
         ours_snap = run_snapshots(ours, "ours", args)
+        if args.ceilings:
+            run_ceilings(anchor, "anchor", args)
+            run_ceilings(ours, "ours", args)
         if args.memory:
             run_memory(anchor, "anchor", args)
             run_memory(ours, "ours", args)
@@ -412,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = ours_result["meta"]
     when = meta["date_utc"][:16].replace("T", " ") + " UTC"
     scale = f" --scale {args.scale}" if args.scale != 1.0 else ""
-    flags = " --isolate" * args.isolate + " --memory" * args.memory
+    flags = " --isolate" * args.isolate + " --memory" * args.memory + " --ceilings" * args.ceilings
     report = f"""# Benchmarks: ours against eventsourcing 9.5.6
 
 Run on {when}, {meta["python_implementation"]} {meta["python"]},
@@ -429,7 +484,7 @@ stored events, with the same durability settings): each run is set against its o
 floors. A raw commit here is a 10-row transaction, a little dearer than one row, so the
 commit ceilings are slightly low (in our favour).
 
-{ceiling_table(anchor_result, ours_result)}
+{ceiling_table(anchor_result, ours_result, paired_ceilings(args))}
 
 {memory_section(args)}## Analysis
 
