@@ -50,6 +50,7 @@ from eventsourcing.system import (
 )
 from eventsourcing.tests.persistence import tmpfile_uris
 from eventsourcing.utils import Environment
+from runners.testing.fixtures import require_restartable
 from runners.testing.postgres import PostgresDatabase
 from runners.testing.servers import free_port
 
@@ -367,8 +368,7 @@ def test_pool_opens_on_a_later_use_once_the_server_is_back(
     postgres_database: PostgresDatabase,
 ) -> None:
     server = postgres_database.server
-    if not server.can_restart:
-        pytest.skip(f"can't stop a server from {server.source} (tested where servers are ours)")
+    require_restartable(server)
     env = postgres_database.env
     datastore = PostgresDatastore(
         env["POSTGRES_DBNAME"],

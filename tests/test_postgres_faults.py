@@ -29,6 +29,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.utils import Environment
+from runners.testing.fixtures import require_restartable
 from runners.testing.postgres import PostgresDatabase
 
 
@@ -243,9 +244,7 @@ def test_threads_saving_the_same_aggregate_version(
         barrier = threading.Barrier(n)
         outcomes: list[tuple[int, list[int] | BaseException]] = []
 
-        def save(
-            i: int, v: int, barrier: threading.Barrier, outcomes: list[Any]
-        ) -> None:
+        def save(i: int, v: int, barrier: threading.Barrier, outcomes: list[Any]) -> None:
             events = [
                 StoredEvent(originator_id, v, "t", f"{i}-{v}".encode()),
                 StoredEvent(originator_id, v + 1, "t", f"{i}-{v + 1}".encode()),
@@ -403,8 +402,7 @@ def test_server_restart_in_the_middle_of_saves(
 
 def test_server_down_longer_than_the_timeout(postgres_database: PostgresDatabase) -> None:
     server = postgres_database.server
-    if not server.can_restart:
-        pytest.skip(f"can't stop a server from {server.source} (tested where servers are ours)")
+    require_restartable(server)
     app = Application[UUID](env=app_env(postgres_database, POSTGRES_CONNECT_TIMEOUT="1"))
     try:
         app.save(Dog("before"))

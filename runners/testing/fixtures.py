@@ -18,6 +18,7 @@ import pytest
 from runners.testing.servers import (
     SOURCES,
     SOURCES_VARIABLE,
+    Server,
     ServerUnavailableError,
     chosen_sources,
     in_ci,
@@ -36,6 +37,7 @@ __all__ = [
     "pytest_configure",
     "redis_server",
     "redis_url",
+    "require_restartable",
     "run_system",
 ]
 
@@ -65,11 +67,26 @@ def _sources(config: pytest.Config) -> tuple[str, ...]:
         raise pytest.UsageError(str(e)) from None
 
 
-def _server_missing(kind: str, error: Exception) -> NoReturn:
-    """Skip the test locally; under CI (``CI=true``) a missing server fails it instead."""
+def _skip_or_fail_in_ci(reason: str) -> NoReturn:
+    """Skip the test locally; under CI (``CI=true``), where no server test may be skipped,
+    fail it instead."""
     if in_ci():
-        pytest.fail(f"{kind} is required under CI (CI=true) but unavailable: {error}", False)
-    pytest.skip(f"{kind} unavailable: {error}")
+        pytest.fail(f"{reason} (under CI, CI=true, a server test must run)", False)
+    pytest.skip(reason)
+
+
+def _server_missing(kind: str, error: Exception) -> NoReturn:
+    _skip_or_fail_in_ci(f"{kind} unavailable: {error}")
+
+
+def require_restartable(server: Server) -> None:
+    """For a test that stops and starts ``server``: skip it when the server isn't this
+    session's own (one from the environment can't be stopped), or fail it under CI."""
+    if not server.can_restart:
+        _skip_or_fail_in_ci(
+            f"can't stop and start a server from {server.source}: let the plugin start its "
+            "own (EVENTSOURCING_TEST_SERVERS=pip,path)"
+        )
 
 
 def _serve(kind: str, resolver: str, config: pytest.Config) -> Iterator[Any]:

@@ -29,6 +29,7 @@ from runner_helpers import (
 )
 from system_model import Counters, DogSchool, Expected, run_workload
 
+from runners.testing.fixtures import require_restartable
 from runners.testing.redis import RedisServer
 
 __all__ = ["stoppable_redis", "workers"]  # fixtures, imported for pytest
@@ -107,8 +108,7 @@ def test_postgresql_restarted_under_running_workers(
     tmp_path: Path, request: pytest.FixtureRequest, workers: Any
 ) -> None:
     server = request.getfixturevalue("postgres_server")
-    if not server.can_restart:
-        pytest.skip(f"can't restart a server from {server.source}")
+    require_restartable(server)
     env = store_env("postgres", tmp_path, request)
     apps = Apps(env)
     try:

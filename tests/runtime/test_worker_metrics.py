@@ -24,6 +24,7 @@ from runner_helpers import (
 )
 from system_model import Counters, DogSchool
 
+from runners.testing.fixtures import require_restartable
 from runners.testing.servers import free_port
 
 TOPICS_SYSTEM = "system_model:SYSTEM_WITH_TOPICS"
@@ -113,8 +114,7 @@ def test_healthz_fails_when_the_database_is_gone_past_the_window(
     tmp_path: Path, request: pytest.FixtureRequest, workers: Any
 ) -> None:
     server = request.getfixturevalue("postgres_server")
-    if not server.can_restart:
-        pytest.skip(f"can't stop a server from {server.source}")
+    require_restartable(server)
     env = store_env("postgres", tmp_path, request)
     port = free_port()
     worker = workers("Counters", env, "--metrics-port", str(port), "--unhealthy-after", "2")
