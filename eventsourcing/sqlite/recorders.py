@@ -75,6 +75,19 @@ class SQLiteRecorder(Recorder):
         return originator_id
 
 
+def _events_table_statement(table: str, *, rowid: bool) -> str:
+    """9.x's events table: a rowid table where rowids are notification ids, else (for an
+    aggregate recorder, which has none) WITHOUT ROWID."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} ("
+        "originator_id TEXT, "
+        "originator_version INTEGER, "
+        "topic TEXT, "
+        "state BLOB, "
+        "PRIMARY KEY (originator_id, originator_version))" + ("" if rowid else " WITHOUT ROWID")
+    )
+
+
 def _insert_statement(table: str, num_rows: int) -> str:
     values = ",".join(["(?,?,?,?)"] * num_rows)
     return f"INSERT INTO {table} (originator_id,originator_version,topic,state) VALUES {values}"
@@ -164,13 +177,7 @@ class SQLiteAggregateRecorder(SQLiteRecorder, AggregateRecorder):
         """Return the statement that creates the events table (WITHOUT ROWID)."""
         return [
             *super().construct_create_table_statements(),
-            f"CREATE TABLE IF NOT EXISTS {self.events_table_name} ("
-            "originator_id TEXT, "
-            "originator_version INTEGER, "
-            "topic TEXT, "
-            "state BLOB, "
-            "PRIMARY KEY (originator_id, originator_version)) "
-            "WITHOUT ROWID",
+            _events_table_statement(self.events_table_name, rowid=False),
         ]
 
     def insert_events(
@@ -335,14 +342,7 @@ class SQLiteApplicationRecorder(SQLiteAggregateRecorder, ApplicationRecorder):
 
     def construct_create_table_statements(self) -> list[str]:
         """Return the statement that creates the events table (a rowid table)."""
-        return [
-            f"CREATE TABLE IF NOT EXISTS {self.events_table_name} ("
-            "originator_id TEXT, "
-            "originator_version INTEGER, "
-            "topic TEXT, "
-            "state BLOB, "
-            "PRIMARY KEY (originator_id, originator_version))"
-        ]
+        return [_events_table_statement(self.events_table_name, rowid=True)]
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any

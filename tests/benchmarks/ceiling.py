@@ -42,6 +42,14 @@ def esbench_module(path: Path) -> Any:
     return esbench
 
 
+def esbench_context(esbench: Any, backends: list[str]) -> Any:
+    """esbench's context for calling its workloads directly, its PostgreSQL checked if used."""
+    ctx = esbench.Context(argparse.Namespace(tmpdir=tempfile.gettempdir(), system_timeout=300.0))
+    if "postgres" in backends:
+        ctx.pg_check()  # says which POSTGRES_* setting is missing, not a failed connection
+    return ctx
+
+
 def workload_call(esbench: Any, case: str) -> tuple[Any, str, dict[str, Any]]:
     """esbench's function, backend and parameters for a case such as ``system/postgres/multi``."""
     workload, backend, *variant = case.split("/")
@@ -60,9 +68,9 @@ def workload_call(esbench: Any, case: str) -> tuple[Any, str, dict[str, Any]]:
 def run_rounds(args: argparse.Namespace) -> dict[str, Any]:
     """Raw floor then workload, for each durable case of the backends, ``args.rounds`` times."""
     esbench = esbench_module(args.esbench)
-    context_args = argparse.Namespace(tmpdir=tempfile.gettempdir(), system_timeout=300.0)
-    ctx = esbench.Context(context_args)
-    cases = [c for c in CEILINGS if c[0].split("/")[1] in args.backends.split(",")]
+    backends = args.backends.split(",")
+    ctx = esbench_context(esbench, backends)
+    cases = [c for c in CEILINGS if c[0].split("/")[1] in backends]
     fractions: dict[str, list[float]] = {case: [] for case, *_ in cases}
     ceilings: dict[str, list[float]] = {case: [] for case, *_ in cases}
     try:

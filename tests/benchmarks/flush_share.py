@@ -18,14 +18,13 @@ import contextlib
 import sqlite3
 import statistics
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from ceiling import RAW_ROWS, esbench_module, workload_call  # noqa: E402
+from ceiling import RAW_ROWS, esbench_context, esbench_module, workload_call  # noqa: E402
 from run import DEFAULT_ESBENCH  # noqa: E402
 
 # (case, metric, operations per unit of the metric's rate): a 10-row raw commit is one.
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--esbench", type=Path, default=DEFAULT_ESBENCH)
     args = parser.parse_args(argv)
     esbench = esbench_module(args.esbench)
-    ctx = esbench.Context(argparse.Namespace(tmpdir=tempfile.gettempdir(), system_timeout=300.0))
+    ctx = esbench_context(esbench, ["sqlite_file"])
     us: dict[tuple[str, bool], list[float]] = {}
     try:
         for _ in range(args.rounds):

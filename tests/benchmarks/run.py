@@ -104,12 +104,8 @@ IMPORTED = (
 
 def run_memory(python: Path, label: str, args: argparse.Namespace) -> Path:
     """Peak RSS of each case, each repetition in a fresh process; return the JSON's path."""
-    out = RESULTS / f"{label}-rss.json"
-    command = [str(python), str(args.esbench), "--only", MEMORY_WORKLOADS]
-    command += ["--backends", args.backends, "--repeat", "1", "--scale", str(MEMORY_SCALE)]
-    command += ["--isolate", "--label", f"{label}-rss", "--json", str(out)]
-    print(f"== peak RSS with {label}", file=sys.stderr)
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=RESULTS)
+    memory_args = {"only": MEMORY_WORKLOADS, "repeat": 1, "scale": MEMORY_SCALE, "isolate": True}
+    out = run_esbench(python, f"{label}-rss", argparse.Namespace(**{**vars(args), **memory_args}))
     imported = subprocess.run(
         [str(python), "-c", IMPORTED], check=True, capture_output=True, text=True, cwd=RESULTS
     )
@@ -139,7 +135,7 @@ def run_ceilings(python: Path, label: str, args: argparse.Namespace) -> Path:
     print(f"== paired ceilings with {label}", file=sys.stderr)
     command = [str(python), str(HERE / "ceiling.py"), "--backends", ",".join(backends)]
     command += ["--rounds", str(args.repeat), "--esbench", str(args.esbench), "--json", str(out)]
-    subprocess.run(command, check=True, stderr=subprocess.DEVNULL, cwd=RESULTS)
+    subprocess.run(command, check=True, cwd=RESULTS)  # its progress and errors on stderr
     return out
 
 
