@@ -50,8 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         except ImportError as error:
             missing = error.name or error
-            print(f"python -m runners.testing: error: {missing} is not installed; install "
-                  "the testing extra: pip install -e '.[testing]'", file=sys.stderr)  # fmt: skip
+            print(
+                f"python -m runners.testing: error: {missing} is not installed; install the "
+                "testing extra: pip install 'eventsourcing[testing]' (in a clone of the "
+                "repository: pip install -e '.[testing]')",
+                file=sys.stderr,
+            )
             return 1
         text = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in settings.items())
         stack.callback(args.env_file.unlink, missing_ok=True)
