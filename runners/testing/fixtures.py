@@ -67,26 +67,30 @@ def _sources(config: pytest.Config) -> tuple[str, ...]:
         raise pytest.UsageError(str(e)) from None
 
 
-def _skip_or_fail_in_ci(reason: str) -> NoReturn:
-    """Skip the test locally; under CI (``CI=true``), where no server test may be skipped,
-    fail it instead."""
+def _skip_or_fail_in_ci(reason: str, under_ci: str) -> NoReturn:
+    """Skip the test (``reason``) locally; under CI (``CI=true``), where no server test may
+    be skipped, fail it instead (``under_ci``)."""
     if in_ci():
-        pytest.fail(f"{reason} (under CI, CI=true, a server test must run)", False)
+        pytest.fail(under_ci, False)
     pytest.skip(reason)
 
 
 def _server_missing(kind: str, error: Exception) -> NoReturn:
-    _skip_or_fail_in_ci(f"{kind} unavailable: {error}")
+    _skip_or_fail_in_ci(
+        f"{kind} unavailable: {error}",
+        f"{kind} is required under CI (CI=true) but unavailable: {error}",
+    )
 
 
 def require_restartable(server: Server) -> None:
     """For a test that stops and starts ``server``: skip it when the server isn't this
     session's own (one from the environment can't be stopped), or fail it under CI."""
     if not server.can_restart:
-        _skip_or_fail_in_ci(
+        reason = (
             f"can't stop and start a server from {server.source}: let the plugin start its "
             "own (EVENTSOURCING_TEST_SERVERS=pip,path)"
         )
+        _skip_or_fail_in_ci(reason, f"{reason}; under CI (CI=true) every server test must run")
 
 
 def _serve(kind: str, resolver: str, config: pytest.Config) -> Iterator[Any]:
