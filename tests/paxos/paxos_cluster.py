@@ -206,7 +206,16 @@ class Cluster:
             worker.terminate()
         for name, worker in self.workers.items():
             # Generous: a loaded machine (CI runs everything at once) can be slow to stop.
-            assert worker.wait(timeout=90) == 0, self.errors(name)
+            try:
+                code = worker.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                worker.send_signal(signal.SIGUSR1)  # the worker writes its threads' stacks
+                time.sleep(1)
+                worker.kill()
+                worker.wait()
+                msg = f"{name} did not stop within 90 s of SIGTERM; its stacks: {self.errors(name)}"
+                raise AssertionError(msg) from None
+            assert code == 0, self.errors(name)
         self.workers.clear()
 
     def errors(self, name: str) -> str:

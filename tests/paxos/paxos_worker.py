@@ -10,6 +10,7 @@ and stops at SIGTERM; SIGKILL stops it anywhere, which is the point.
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 import threading
@@ -25,6 +26,7 @@ def main(name: str) -> int:
     """Run replica ``name`` until SIGTERM."""
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the tests' view of a hang
     replica: Follower[Any] = system.follower_cls(name)()
     leaders = {
         leader: replica if leader == name else system.get_app_cls(leader)()
