@@ -5,20 +5,10 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from async_domain import Dog
+
 from eventsourcing.application import Application
 from eventsourcing.asyncio import AsyncApplication
-from eventsourcing.domain import Aggregate, event
-
-
-class Dog(Aggregate):
-    @event("Registered")
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.tricks: list[str] = []
-
-    @event("TrickAdded")
-    def add_trick(self, trick: str) -> None:
-        self.tricks.append(trick)
 
 
 class DogSchool(AsyncApplication[UUID]):

@@ -6,7 +6,8 @@ import asyncio
 from uuid import uuid4
 
 import pytest
-from async_dogschool import Dog, DogSchool
+from async_dogschool import DogSchool
+from async_domain import Dog
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
