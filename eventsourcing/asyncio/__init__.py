@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from eventsourcing.asyncio.application import AsyncApplication
 from eventsourcing.asyncio.factory import AsyncInfrastructureFactory
+from eventsourcing.asyncio.follower import AsyncProcessApplication
 from eventsourcing.asyncio.recorders import (
     AsyncAggregateRecorder,
     AsyncApplicationRecorder,
@@ -21,6 +22,7 @@ from eventsourcing.asyncio.recorders import (
     AsyncTrackingRecorder,
 )
 from eventsourcing.asyncio.repository import AsyncNotificationLog, AsyncRepository
+from eventsourcing.asyncio.runner import AsyncRunner, AsyncSystem
 from eventsourcing.asyncio.store import AsyncEventStore
 from eventsourcing.asyncio.subscription import AsyncSubscription
 
@@ -31,9 +33,12 @@ __all__ = [
     "AsyncEventStore",
     "AsyncInfrastructureFactory",
     "AsyncNotificationLog",
+    "AsyncProcessApplication",
     "AsyncProcessRecorder",
     "AsyncRecorder",
     "AsyncRepository",
+    "AsyncRunner",
     "AsyncSubscription",
+    "AsyncSystem",
     "AsyncTrackingRecorder",
 ]

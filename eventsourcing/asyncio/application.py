@@ -80,10 +80,15 @@ class AsyncApplication(Generic[TAggregateID]):
         if self.factory.is_snapshotting_enabled():
             recorder = self.factory.aggregate_recorder(purpose="snapshots")
             self.snapshots = AsyncEventStore(self.mapper, recorder)
-        self.repository = self.construct_repository()
+        self._repository = self.construct_repository()
         self.notification_log = AsyncNotificationLog(self.recorder, self.log_section_size)
         #: Prompts workers of other processes after each save (None: PROMPT_TRANSPORT unset).
         self.prompt_publisher = PromptPublisher.from_env(self.env)
+
+    @property
+    def repository(self) -> AsyncRepository[TAggregateID]:
+        """The repository that rebuilds this application's aggregates."""
+        return self._repository
 
     # -- construction hooks ---------------------------------------------------
 
@@ -183,8 +188,8 @@ class AsyncApplication(Generic[TAggregateID]):
             tracking=processing_event.tracking,
             **processing_event.saved_kwargs,
         )
-        cache = self.repository.cache
-        if cache is not None and not self.repository.fastforward:
+        cache = self._repository.cache
+        if cache is not None and not self._repository.fastforward:
             for aggregate_id, aggregate in processing_event.aggregates.items():
                 cache.put(aggregate_id, aggregate)
         return recordings

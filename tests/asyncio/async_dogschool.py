@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from uuid import UUID
 
 from async_domain import Dog
 
-from eventsourcing.application import Application
-from eventsourcing.asyncio import AsyncApplication
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.asyncio import AsyncApplication, AsyncProcessApplication, AsyncSystem
+from eventsourcing.dispatch import singledispatchmethod
+from eventsourcing.domain import Aggregate, event
 
 
 class DogSchool(AsyncApplication[UUID]):
@@ -43,3 +46,56 @@ class SyncDogSchool(Application[UUID]):
     def get_dog(self, dog_id: UUID) -> dict[str, Any]:
         dog = self.repository.get(dog_id)
         return {"name": dog.name, "tricks": tuple(dog.tricks)}
+
+
+class TrickCounter(Aggregate):
+    def __init__(self, dog_id: UUID) -> None:
+        self.count = 0
+
+    @staticmethod
+    def create_id(dog_id: UUID) -> UUID:
+        return dog_id
+
+    @event("Incremented")
+    def increment(self) -> None:
+        self.count += 1
+
+
+class Counters(AsyncProcessApplication[UUID]):
+    """Counts each dog's tricks; its policy is a coroutine."""
+
+    @singledispatchmethod
+    def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
+        """Other events are tracked and otherwise ignored."""
+
+    @policy.register(Dog.TrickAdded)
+    async def _(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
+        try:
+            counter = await self.repository.get(domain_event.originator_id)
+        except AggregateNotFoundError:
+            counter = TrickCounter(domain_event.originator_id)
+        await asyncio.sleep(0)  # a coroutine policy may await anything
+        counter.increment()
+        processing_event.collect_events(counter)
+
+    async def count(self, dog_id: UUID) -> int:
+        try:
+            counter = await self.repository.get(dog_id)
+        except AggregateNotFoundError:
+            return 0
+        return int(counter.count)
+
+
+system = AsyncSystem(pipes=[[DogSchool, Counters]])
+
+
+def per_app_env(env: dict[str, str], tmp: str) -> dict[str, str]:
+    """Give each application of the system a SQLite file of its own (tables aren't named
+    after applications on SQLite)."""
+    if env["PERSISTENCE_MODULE"] != "eventsourcing.sqlite":
+        return env
+    return {
+        **env,
+        "DOGSCHOOL_SQLITE_DBNAME": f"{tmp}/dogschool.sqlite",
+        "COUNTERS_SQLITE_DBNAME": f"{tmp}/counters.sqlite",
+    }
