@@ -16,12 +16,22 @@ Data sheet:
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from functools import lru_cache
 from threading import Event, RLock
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.deadletters import (
+    OPEN_STATUSES,
+    RESOLVED,
+    RETRYING,
+    DeadLetter,
+    FollowerStateRecorder,
+    RetryTracking,
+)
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -326,12 +336,15 @@ class POPOSubscription(ListenNotifySubscription[POPOApplicationRecorder]):
         self._recorder.unlisten(self._has_been_notified)
 
 
-class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
-    """Keeps the highest processed notification id of each upstream application."""
+class POPOTrackingRecorder(POPORecorder, TrackingRecorder, FollowerStateRecorder):
+    """Keeps the highest processed notification id of each upstream application, and the
+    follower's dead letters and settings."""
 
     def __init__(self) -> None:
         super().__init__()
         self._max_tracking_ids: dict[str, int] = {}
+        self._dead_letters: dict[tuple[str, int], DeadLetter] = {}
+        self._settings: dict[str, str] = {}
 
     def insert_tracking(self, tracking: Tracking) -> None:
         """Record ``tracking``; raise IntegrityError unless it is beyond the recorded one."""
@@ -345,6 +358,11 @@ class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
         Call it holding ``_database_lock``, then :meth:`_insert_tracking`, as custom
         views do (the names and use of ``eventsourcing`` 9.x).
         """
+        if isinstance(tracking, RetryTracking):
+            letter = self._dead_letters.get(_letter_key(tracking))
+            if letter is None or letter.status != RETRYING:
+                raise IntegrityError(_retry_refused(tracking))
+            return
         current = self._max_tracking_ids.get(tracking.application_name)
         if current is not None and current >= tracking.first_notification_id():
             raise IntegrityError(
@@ -355,12 +373,94 @@ class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
 
     def _insert_tracking(self, tracking: Tracking) -> None:
         """Record ``tracking`` (checked first with :meth:`_assert_tracking_uniqueness`)."""
+        if isinstance(tracking, RetryTracking):
+            key = _letter_key(tracking)
+            self._dead_letters[key] = replace(self._dead_letters[key], status=RESOLVED)
+            return
         self._max_tracking_ids[tracking.application_name] = tracking.notification_id
+        for letter in getattr(tracking, "dead_letters", ()):
+            self._dead_letters[letter.leader_name, letter.notification_id] = letter
 
     def max_tracking_id(self, application_name: str) -> int | None:
         """Return the highest recorded notification id of ``application_name``, or None."""
         with self._database_lock:
             return self._max_tracking_ids.get(application_name)
+
+    # -- follower state (see eventsourcing.deadletters) ---------------------------------
+
+    def select_dead_letters(
+        self,
+        *,
+        leader_name: str | None = None,
+        statuses: Sequence[str] = OPEN_STATUSES,
+        originator_id: str | None = None,
+        notification_id: int | None = None,
+    ) -> list[DeadLetter]:
+        """The dead letters that match, in order of leader name and notification id."""
+        with self._database_lock:
+            letters = sorted(self._dead_letters.items())
+        return [
+            letter
+            for _, letter in letters
+            if letter.status in statuses
+            and leader_name in (None, letter.leader_name)
+            and originator_id in (None, letter.originator_id)
+            and notification_id in (None, letter.notification_id)
+        ]
+
+    def count_dead_letters(self) -> dict[tuple[str, str], int]:
+        """How many dead letters there are, by leader name and status."""
+        with self._database_lock:
+            return dict(Counter((d.leader_name, d.status) for d in self._dead_letters.values()))
+
+    def set_dead_letter_status(
+        self,
+        letters: Iterable[tuple[str, int]],
+        status: str,
+        *,
+        from_statuses: Sequence[str],
+        reason: str | None = None,
+    ) -> int:
+        """Move the matching letters to ``status``; return how many moved."""
+        moved = 0
+        with self._database_lock:
+            for key in letters:
+                letter = self._dead_letters.get(key)
+                if letter is not None and letter.status in from_statuses:
+                    new_reason = letter.reason if reason is None else reason
+                    self._dead_letters[key] = replace(letter, status=status, reason=new_reason)
+                    moved += 1
+        return moved
+
+    def update_dead_letter(self, letter: DeadLetter) -> None:
+        """Write ``letter`` over the recorded letter of the same notification."""
+        with self._database_lock:
+            self._dead_letters[letter.leader_name, letter.notification_id] = letter
+
+    def get_follower_setting(self, name: str) -> str | None:
+        """The value of the follower setting ``name``, or None."""
+        with self._database_lock:
+            return self._settings.get(name)
+
+    def set_follower_setting(self, name: str, value: str | None) -> None:
+        """Set (or, with None, remove) the follower setting ``name``."""
+        with self._database_lock:
+            if value is None:
+                self._settings.pop(name, None)
+            else:
+                self._settings[name] = value
+
+    def reset_tracking(self, application_name: str, notification_id: int | None) -> None:
+        """Make ``notification_id`` the position; remove the dead letters after it."""
+        with self._database_lock:
+            if notification_id is None:
+                self._max_tracking_ids.pop(application_name, None)
+            else:
+                self._max_tracking_ids[application_name] = notification_id
+            after = notification_id or 0
+            for leader, number in list(self._dead_letters):
+                if leader == application_name and number > after:
+                    del self._dead_letters[leader, number]
 
 
 class POPOProcessRecorder(POPOTrackingRecorder, POPOApplicationRecorder, ProcessRecorder):
@@ -381,6 +481,18 @@ class POPOProcessRecorder(POPOTrackingRecorder, POPOApplicationRecorder, Process
         tracking: Tracking | None = kwargs.get("tracking")
         if tracking is not None:
             self._insert_tracking(tracking)
+
+
+def _letter_key(tracking: Tracking) -> tuple[str, int]:
+    return tracking.application_name, tracking.notification_id
+
+
+def _retry_refused(tracking: Tracking) -> str:
+    return (
+        f"Failed to record the retry of {tracking.application_name} notification "
+        f"{tracking.notification_id}: its dead letter is no longer waiting for a retry "
+        "(another process retried or discarded it)"
+    )
 
 
 class POPOFactory(InfrastructureFactory[POPOTrackingRecorder]):

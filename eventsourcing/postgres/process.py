@@ -37,10 +37,10 @@ class PostgresProcessRecorder(
         )
 
     def _upsert_tracking(self, tracking: Tracking) -> _Statement:
-        return self._record_tracking_statement, self._tracking_params(tracking)
+        return self._tracking_statement(tracking, checked=False)
 
     def _checked_tracking(self, tracking: Tracking) -> _Statement:
-        return self._checked_tracking_statement, self._tracking_params(tracking)
+        return self._tracking_statement(tracking, checked=True)
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any

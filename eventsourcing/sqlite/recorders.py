@@ -127,6 +127,13 @@ def _chunk_sizes(num_rows: int, max_chunk: int) -> list[int]:
 _NO_ID = object()
 
 
+def _tracking_statements(tracking: Tracking | None) -> int:
+    """How many statements recording ``tracking`` takes (dead letters take one more)."""
+    if tracking is None:
+        return 0
+    return 2 if getattr(tracking, "dead_letters", ()) else 1
+
+
 def _event_params(stored_events: Sequence[StoredEvent]) -> list[Any]:
     """Flatten stored events into INSERT parameters, UUID ids as 32-character hex.
 
@@ -254,7 +261,7 @@ class SQLiteAggregateRecorder(SQLiteRecorder, AggregateRecorder):
         # small batch needs no BEGIN and COMMIT statements.
         return self.datastore.write(
             lambda cursor: self._insert_rows(cursor, params, sizes, tracking),
-            transaction=len(sizes) + (tracking is not None) > 1,
+            transaction=len(sizes) + _tracking_statements(tracking) > 1,
         )
 
     def _insert_rows(

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
+from eventsourcing.deadletters import (
+    DEAD_LETTER_COLUMNS,
+    OPEN_STATUSES,
+    RESOLVED,
+    RETRYING,
+    DeadLetter,
+    FollowerStateRecorder,
+    RetryTracking,
+    dead_letter_filter,
+    dead_letter_row,
+)
 from eventsourcing.persistence import (
     IntegrityError,
     OperationalError,
@@ -23,7 +35,7 @@ from eventsourcing.sqlite.recorders import (
 )
 
 
-class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
+class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder, FollowerStateRecorder):
     """Records the position reached in each upstream application's notification log.
 
     Single-row tracking (the default) keeps one row per application name and only lets it
@@ -82,6 +94,7 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
             "notification_id INTEGER, "
             f"PRIMARY KEY ({key})) "
             "WITHOUT ROWID",
+            *_FOLLOWER_STATE_TABLES,
         ]
 
     def insert_tracking(self, tracking: Tracking) -> None:
@@ -139,6 +152,15 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         ``with self.datastore.transaction(commit=True) as c:`` so that both commit together.
         """
         cursor = c.sqlite_cursor if isinstance(c, SQLiteCursor) else c
+        if isinstance(tracking, RetryTracking):
+            _resolve_retried_letter(cursor, tracking)
+            return
+        self._record_position(cursor, tracking)
+        letters = getattr(tracking, "dead_letters", ())
+        if letters:
+            cursor.executemany(_INSERT_DEAD_LETTER, [_letter_row(d) for d in letters])
+
+    def _record_position(self, cursor: sqlite3.Cursor, tracking: Tracking) -> None:
         name, notification_id = tracking.application_name, tracking.notification_id
         if not self.datastore.single_row_tracking:
             # A row per notification: overlapping batches collide on the primary key.
@@ -174,6 +196,141 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
             )
             raise OperationalError(msg)
         self.has_checked_for_multi_row_tracking_table = True
+
+
+    # -- follower state (see eventsourcing.deadletters) ---------------------------------
+
+    def select_dead_letters(
+        self,
+        *,
+        leader_name: str | None = None,
+        statuses: Sequence[str] = OPEN_STATUSES,
+        originator_id: str | None = None,
+        notification_id: int | None = None,
+    ) -> list[DeadLetter]:
+        """The dead letters that match, in order of leader name and notification id."""
+        where, params = dead_letter_filter(
+            "?", statuses, leader_name, originator_id, notification_id
+        )
+        statement = (
+            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {where} "
+            "ORDER BY leader_name, notification_id"
+        )
+        return [_letter_of_row(row) for row in self.datastore.read(statement, params)]
+
+    def count_dead_letters(self) -> dict[tuple[str, str], int]:
+        """How many dead letters there are, by leader name and status."""
+        rows = self.datastore.read(
+            "SELECT leader_name, status, COUNT(*) FROM dead_letters GROUP BY 1, 2", ()
+        )
+        return {(leader, status): count for leader, status, count in rows}
+
+    def set_dead_letter_status(
+        self,
+        letters: Iterable[tuple[str, int]],
+        status: str,
+        *,
+        from_statuses: Sequence[str],
+        reason: str | None = None,
+    ) -> int:
+        """Move the matching letters to ``status``; return how many moved."""
+        marks = ",".join("?" * len(from_statuses))
+        statement = (
+            "UPDATE dead_letters SET status=?, reason=COALESCE(?, reason) "
+            f"WHERE leader_name=? AND notification_id=? AND status IN ({marks})"
+        )
+        keys = list(letters)
+
+        def move(cursor: sqlite3.Cursor) -> int:
+            moved = 0
+            for leader_name, number in keys:
+                cursor.execute(statement, (status, reason, leader_name, number, *from_statuses))
+                moved += cursor.rowcount
+            return moved
+
+        return self.datastore.write(move, transaction=True)
+
+    def update_dead_letter(self, letter: DeadLetter) -> None:
+        """Write ``letter`` over the recorded letter of the same notification."""
+        self.datastore.write(
+            lambda cursor: cursor.execute(_REPLACE_DEAD_LETTER, _letter_row(letter)),
+            transaction=False,
+        )
+
+    def get_follower_setting(self, name: str) -> str | None:
+        """The value of the follower setting ``name``, or None."""
+        rows = self.datastore.read("SELECT value FROM follower_settings WHERE name=?", (name,))
+        return rows[0][0] if rows else None
+
+    def set_follower_setting(self, name: str, value: str | None) -> None:
+        """Set (or, with None, remove) the follower setting ``name``."""
+        params: tuple[str, ...] = (name,)
+        statement = "DELETE FROM follower_settings WHERE name=?"
+        if value is not None:
+            statement = "INSERT OR REPLACE INTO follower_settings (name, value) VALUES (?, ?)"
+            params = (name, value)
+        self.datastore.write(lambda cursor: cursor.execute(statement, params), transaction=False)
+
+    def reset_tracking(self, application_name: str, notification_id: int | None) -> None:
+        """Make ``notification_id`` the position; remove the dead letters after it."""
+
+        def reset(cursor: sqlite3.Cursor) -> None:
+            name = application_name
+            cursor.execute("DELETE FROM tracking WHERE application_name=?", (name,))
+            if notification_id is not None:
+                cursor.execute(
+                    "INSERT INTO tracking (application_name, notification_id) VALUES (?, ?)",
+                    (name, notification_id),
+                )
+            cursor.execute(
+                "DELETE FROM dead_letters WHERE leader_name=? AND notification_id>?",
+                (name, notification_id or 0),
+            )
+
+        self.datastore.write(reset, transaction=True)
+
+
+_FOLLOWER_STATE_TABLES = [
+    "CREATE TABLE IF NOT EXISTS dead_letters ("
+    "leader_name TEXT, notification_id INTEGER, originator_id TEXT, "
+    "originator_version INTEGER, topic TEXT, error_type TEXT, error_message TEXT, "
+    "traceback TEXT, attempts INTEGER, first_failed_at TEXT, last_failed_at TEXT, "
+    "status TEXT, reason TEXT, PRIMARY KEY (leader_name, notification_id)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS follower_settings (name TEXT PRIMARY KEY, value TEXT) "
+    "WITHOUT ROWID",
+]
+_INSERT_DEAD_LETTER = (
+    f"INSERT INTO dead_letters ({DEAD_LETTER_COLUMNS}) VALUES ({'?,' * 12}?)"
+)
+_REPLACE_DEAD_LETTER = _INSERT_DEAD_LETTER.replace("INSERT", "INSERT OR REPLACE", 1)
+
+
+def _letter_row(letter: DeadLetter) -> tuple[Any, ...]:
+    row = dead_letter_row(letter)
+    return (*row[:9], row[9].isoformat(), row[10].isoformat(), *row[11:])
+
+
+def _letter_of_row(row: Row) -> DeadLetter:
+    values = list(row)
+    values[9] = datetime.fromisoformat(values[9])
+    values[10] = datetime.fromisoformat(values[10])
+    return DeadLetter(*values)
+
+
+def _resolve_retried_letter(cursor: sqlite3.Cursor, tracking: Tracking) -> None:
+    """The compare-and-set of a retry: the letter must still be waiting for it."""
+    cursor.execute(
+        "UPDATE dead_letters SET status=? WHERE leader_name=? AND notification_id=? "
+        "AND status=?",
+        (RESOLVED, tracking.application_name, tracking.notification_id, RETRYING),
+    )
+    if cursor.rowcount != 1:
+        msg = (
+            f"Failed to record the retry of {tracking.application_name} notification "
+            f"{tracking.notification_id}: its dead letter is no longer waiting for a retry "
+            "(another process retried or discarded it)"
+        )
+        raise IntegrityError(msg)
 
 
 def _table_exists(cursor: sqlite3.Cursor, name: str) -> bool:
