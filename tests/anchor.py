@@ -18,7 +18,10 @@ ANCHOR_REQUIREMENTS = [
     f"eventsourcing[postgres]=={ANCHOR_VERSION}",
     "pycryptodome",  # the anchor's eventsourcing.cipher
     "cryptography",
+    "msgspec",  # the anchor's eventsourcing.dcb.msgpack
 ]
+# Named after what it holds: a venv cached before msgspec was added is not reused.
+ANCHOR_FLAVOUR = "dcb"
 
 
 def anchor_python() -> Path:
@@ -27,7 +30,8 @@ def anchor_python() -> Path:
     if given:
         return Path(given)
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    home = cache / "eventsourcing-tests" / f"anchor-{ANCHOR_VERSION}-py{sys.version_info[1]}"
+    folder = f"anchor-{ANCHOR_VERSION}-{ANCHOR_FLAVOUR}-py{sys.version_info[1]}"
+    home = cache / "eventsourcing-tests" / folder
     python = home / "bin" / "python"
     ready = home / ".ready"
     if not ready.exists():
