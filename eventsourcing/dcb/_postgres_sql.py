@@ -295,7 +295,7 @@ $BODY$
 )
 
 _APPEND_CALL = (
-    "SELECT {append}(%s, %s, %s::int[], %s::text[], %s::int[], %s::text[], "
+    "SELECT {append}(%s::boolean, %s::bigint, %s::int[], %s::text[], %s::int[], %s::text[], "
     "%s::text[], %s::bytea[], %s::int[], %s::text[])"
 )
 

@@ -26,6 +26,7 @@ import threading
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
+import psycopg.errors
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL
 
@@ -198,12 +199,29 @@ class PostgresDCBRecorderTT(DCBRecorder, PostgresRecorder):
         ]
         # Not retried on another connection: if the connection fails after the statement
         # was sent, the append may have been committed, and a retry could append it twice.
-        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
-            cursor.execute(self._sql.append, params, prepare=True)
-            row = cursor.fetchone()
+        try:
+            with (
+                self.datastore.get_connection() as conn,
+                conn.cursor(row_factory=tuple_row) as cursor,
+            ):
+                cursor.execute(self._sql.append, params, prepare=True)
+                row = cursor.fetchone()
+        except ProgrammingError as e:
+            if isinstance(e.__cause__, psycopg.errors.UndefinedFunction):
+                raise self._no_append_function() from e
+            raise
         if row is None or row[0] is None:
             raise IntegrityError(condition)
         return int(row[0])
+
+    def _no_append_function(self) -> ProgrammingError:
+        return ProgrammingError(
+            f"The function {self.append_function_name} does not exist in "
+            f"{self.datastore.describe()}: the tables were created by eventsourcing 9.5.6, "
+            "or not at all. Create this library's objects once: construct the application "
+            "with CREATE_TABLE left at its default (yes), or call create_table() on the "
+            "recorder (tables and data are kept; 9.5.6 clients go on working)"
+        )
 
     # -- subscribing -----------------------------------------------------------------
 
