@@ -55,15 +55,15 @@ class DCBApplication:
         self.recorder = self.factory.dcb_recorder()
         if "MAPPER_TOPIC" in self.env:
             # The event store and repository need a mapper: only then are they made.
-            mapper = resolve_topic(self.env["MAPPER_TOPIC"])()
-            if not isinstance(mapper, DCBMapper):
+            mapper_class = resolve_topic(self.env["MAPPER_TOPIC"])
+            if not (isinstance(mapper_class, type) and issubclass(mapper_class, DCBMapper)):
                 msg = (
-                    f"MAPPER_TOPIC {self.env['MAPPER_TOPIC']!r} names {type(mapper)!r}, which "
+                    f"MAPPER_TOPIC {self.env['MAPPER_TOPIC']!r} names {mapper_class!r}, which "
                     "is not a DCBMapper: name a DCBMapper subclass, such as "
                     "eventsourcing.dcb.msgpack:MessagePackMapper"
                 )
                 raise TypeError(msg)
-            self.mapper: DCBMapper[Any] = mapper
+            self.mapper: DCBMapper[Any] = mapper_class()
             self.events = DCBEventStore(self.mapper, self.recorder)
             self.repository = DCBRepository(self.events)
 
