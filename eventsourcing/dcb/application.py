@@ -70,9 +70,9 @@ class DCBApplication:
     def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
         """The class's ``env``, then ``os.environ``, then ``env``: later ones win.
 
-        A class ``env`` without ``PERSISTENCE_MODULE`` still gets the in-memory module
-        (9.5.6 difference: DCB persistence default kept: 9.5.6 then looks for a factory
-        in ``eventsourcing.popo`` and fails).
+        A class ``env`` without ``PERSISTENCE_MODULE`` still gets the in-memory module;
+        9.5.6 then looks for a factory in ``eventsourcing.popo`` and fails (9.5.6
+        difference: DCB persistence default kept).
         """
         merged = dict(DCBApplication.env)
         merged.update(type(self).env)

@@ -73,7 +73,7 @@ _init_decision_classes: dict[type, type[InitialDecision]] = {}
 def _find_decorated_func(perspective_cls: type, decision_cls: type) -> CallableType | None:
     """The decorated method of ``perspective_cls`` (or a base) that applies ``decision_cls``.
 
-    (9.5.6 difference: DCB decorated methods inherited: 9.5.6 looks at the exact class.)
+    9.5.6 looks at the exact class only (9.5.6 difference: DCB decorated methods inherited).
     """
     key = (perspective_cls, decision_cls)
     try:

@@ -172,9 +172,9 @@ class InMemoryDCBFactory(_popo.POPOFactory, DCBInfrastructureFactory[POPOTrackin
     """Makes a new, empty in-memory DCB recorder (and POPO recorders for views).
 
     ``POPOFactory`` is not imported by name, so that this is the one factory class that
-    ``InfrastructureFactory.construct`` finds in this module (9.5.6 difference: DCB
-    modules name one factory: with 9.5.6, a view's factory can't be constructed from a
-    DCB persistence module, which holds two).
+    ``InfrastructureFactory.construct`` finds in this module; with 9.5.6, a view's
+    factory can't be constructed from a DCB persistence module, which holds two (9.5.6
+    difference: DCB modules name one factory).
     """
 
     def dcb_recorder(self) -> DCBRecorder:

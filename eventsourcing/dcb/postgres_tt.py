@@ -14,8 +14,8 @@ Guarantees:
   one's condition excludes the other.
 * A read is one statement: its events and its head come from one snapshot.
 * Every query is supported: items with tags are found through the tag table's index,
-  items with only types through the main table (9.5.6 difference: DCB queries of types
-  without tags; 9.5.6's PostgreSQL recorder refuses them, except one item of one type).
+  items with only types through the main table; 9.5.6's PostgreSQL recorder refuses
+  them, except one item of one type (9.5.6 difference: DCB queries of types without tags).
 * Subscriptions are woken by ``LISTEN``/``NOTIFY`` on the channel named after the main
   table, so appends from any process (of either library) wake them.
 """
@@ -93,8 +93,8 @@ class PostgresDCBRecorderTT(DCBRecorder, PostgresRecorder):
         self.tags_table_name = events_table_name + "_tt_tag"
         self.index_name_id_cover_type = self.events_table_name + "_idx_id_type"
         self.index_name_tag_main_id = self.tags_table_name + "_idx_tag_main_id"
-        # One append function per table (9.5.6 difference: one DCB append function per
-        # table: 9.5.6's two functions are one per schema, so the last table created wins).
+        # One append function per table: 9.5.6's two functions are one per schema, so the
+        # last table created wins (9.5.6 difference: one DCB append function per table).
         self.append_function_name = self.events_table_name + "_append"
         for name in (
             self.events_table_name,

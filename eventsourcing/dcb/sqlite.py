@@ -1,6 +1,6 @@
 """The SQLite DCB recorder, and the factory of ``PERSISTENCE_MODULE=eventsourcing.dcb.sqlite``.
 
-(9.5.6 difference: SQLite DCB recorder: 9.5.6 has none.) The settings are those of
+9.5.6 has none (9.5.6 difference: SQLite DCB recorder). The settings are those of
 :mod:`eventsourcing.sqlite` (``SQLITE_DBNAME``, ``SQLITE_LOCK_TIMEOUT``, ``CREATE_TABLE``).
 Use one database per application.
 
