@@ -25,7 +25,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, get_origin
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast, get_origin
 
 from eventsourcing.application import (
     AggregateNotFoundError,
@@ -36,6 +36,7 @@ from eventsourcing.application import (
     Repository,
     project_aggregate,
 )
+from eventsourcing.deadletters import RetryTracking
 from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.domain import DomainEventProtocol, MutableOrImmutableAggregate, TAggregateID
 from eventsourcing.persistence import (
@@ -62,11 +63,13 @@ __all__ = [
     "BaseProjectionRunner",
     "EventSourcedProjection",
     "EventSourcedProjectionRunner",
+    "ProcessingFailure",
     "ProcessingJob",
     "Projection",
     "ProjectionRunner",
     "TApplication",
     "TEventSourcedProjection",
+    "processing_failure",
 ]
 
 ProcessingJob = tuple[DomainEventProtocol[TAggregateID], Tracking]
@@ -363,7 +366,8 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
                 # Kept aggregates were out of date: run the batch again from the store.
                 processing_event = ProcessingEvent(tracking=tracking)
                 recordings = self._process_batch(jobs, processing_event)
-            self._positions[tracking.application_name] = tracking.notification_id
+            if not isinstance(tracking, RetryTracking):  # a retry leaves the position
+                self._positions[tracking.application_name] = tracking.notification_id
             self._take_snapshots(processing_event)
             self.notify(processing_event.events)  # deprecated hook, kept for subclasses
             self._notify(recordings)
@@ -426,6 +430,7 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
                 policy(domain_event, processing_event)
             except Exception as error:
                 error.add_note(_policy_failure_note(self.name, domain_event, tracking, jobs))
+                _mark_failure(error, ProcessingFailure(self.name, tracking, domain_event))
                 raise
 
     def _record_batch(
@@ -478,6 +483,42 @@ def _batch_tracking(jobs: Sequence[ProcessingJob[Any]], tracking: Tracking) -> T
     if ids in ((), (tracking.notification_id,)) or type(tracking) is not Tracking:
         return tracking
     return BatchTracking(tracking.application_name, tracking.notification_id, ids)
+
+
+class ProcessingFailure(NamedTuple):
+    """Where a policy raised: the follower, the notification's tracking record, the event.
+
+    Attached to the error the policy raised; :func:`processing_failure` reads it.
+    """
+
+    follower_name: str
+    tracking: Tracking
+    domain_event: Any
+
+    @property
+    def leader_name(self) -> str:
+        """The application whose notification it was."""
+        return self.tracking.application_name
+
+    @property
+    def notification_id(self) -> int:
+        """The notification's id in the leader's log."""
+        return self.tracking.notification_id
+
+
+_FAILURE_ATTRIBUTE = "_eventsourcing_processing_failure"
+
+
+def _mark_failure(error: BaseException, failure: ProcessingFailure) -> None:
+    # Exceptions with __slots__ can't carry it: their failure is then found by retrying.
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(error, _FAILURE_ATTRIBUTE, failure)
+
+
+def processing_failure(error: BaseException) -> ProcessingFailure | None:
+    """Where the policy that raised ``error`` failed, if it was a follower's policy."""
+    failure = getattr(error, _FAILURE_ATTRIBUTE, None)
+    return failure if isinstance(failure, ProcessingFailure) else None
 
 
 def _policy_failure_note(

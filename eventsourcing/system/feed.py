@@ -4,9 +4,20 @@ runner."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
-from typing import Generic
+from typing import Any, Generic, cast
 
+from eventsourcing.deadletters import (
+    DISCARDED,
+    PARKED,
+    RETRYING,
+    SKIPPED,
+    DeadLetter,
+    FollowerStateRecorder,
+    ParkingTracking,
+    RetryTracking,
+)
 from eventsourcing.domain import TAggregateID
 from eventsourcing.persistence import (
     IntegrityError,
@@ -14,9 +25,11 @@ from eventsourcing.persistence import (
     Recording,
     Tracking,
 )
-from eventsourcing.projection import ProcessingJob
+from eventsourcing.projection import ProcessingJob, processing_failure
+from eventsourcing.system.failures import RETRY, SKIP, STOP, FeedObserver
 from eventsourcing.system.prompts import RecordingEvent
 from eventsourcing.system.roles import Follower
+from eventsourcing.utils import get_topic
 
 # The stages of processing, which the threaded runners report their errors by.
 PULL, CONVERT, PROCESS = "pull", "convert", "process"
@@ -76,6 +89,11 @@ class _LeaderFeed(Generic[TAggregateID]):
         self._must_read_log = False
         self._inbox: list[RecordingEvent[TAggregateID]] = []
         self._inbox_events = 0  # held in the inbox: at most about max_inbox
+        self.parking = _Parking(self)
+        #: Told of retries, parked letters and resolved retries (the worker adds metrics).
+        self.observer = FeedObserver()
+        #: Waits before a retry; returns True to give up waiting (the runner is stopping).
+        self.wait: Callable[[float], bool] = _sleep
 
     # -- receiving (any thread) ------------------------------------------------------
 
@@ -244,26 +262,143 @@ class _LeaderFeed(Generic[TAggregateID]):
     def _record(self, jobs: list[ProcessingJob[TAggregateID]], last_id: int) -> bool:
         """Process ``jobs`` and record them with the position ``last_id``, atomically.
 
-        Return False if the batch was refused because another process had recorded a
-        later position meanwhile (which is then the feed's position).
+        Jobs of an originator with parked notifications are parked behind them, in the
+        same transaction. Return False if the batch was refused because another process
+        had recorded a later position meanwhile (which is then the feed's position), or
+        if a retry of a failed notification was interrupted.
         """
-        follower = self.follower
+        letters: list[DeadLetter] = []
+        if self.parking.in_use:
+            jobs, letters = self.parking.hold_back(jobs)
+        return self._record_items(jobs, letters, last_id)
+
+    def _record_items(
+        self, jobs: list[ProcessingJob[TAggregateID]], letters: list[DeadLetter], last_id: int
+    ) -> bool:
         self.stage = PROCESS
         try:
-            if follower.processes_each_event:
-                for domain_event, tracking in jobs:
-                    follower.process_event(domain_event, tracking)
-                    self.position = tracking.notification_id
-            elif jobs:
-                follower.process_events(jobs, Tracking(self.leader_name, last_id))
-        except IntegrityError:
-            if not self._resynchronise():
+            self._process(jobs, letters, last_id)
+        except IntegrityError as error:
+            if self._resynchronise():
+                return False
+            if self.follower.error_policy.stops_at_once:
                 raise
-            return False
+            # The policy's new events conflict with recorded ones: a failure like any.
+            return self._recover(jobs, letters, last_id, error)
+        except Exception as error:
+            if self.follower.error_policy.stops_at_once:
+                raise
+            return self._recover(jobs, letters, last_id, error)
         # With no jobs (all of other topics), moving on needs no write: the
         # notifications would be passed over again.
         self.position = last_id
         return True
+
+    def _process(
+        self, jobs: list[ProcessingJob[TAggregateID]], letters: list[DeadLetter], last_id: int
+    ) -> None:
+        """Process ``jobs`` and park ``letters``, recording the position ``last_id``."""
+        follower = self.follower
+        if follower.processes_each_event:
+            for item in _in_order(jobs, letters):
+                number = _id_of(item)
+                if isinstance(item, DeadLetter):
+                    self.parking.park(item)
+                else:
+                    follower.process_event(*item)
+                self.position = number
+        elif letters:
+            ids = tuple(_id_of(item) for item in _in_order(jobs, letters))
+            tracking = ParkingTracking(self.leader_name, last_id, ids, tuple(letters))
+            follower.process_events(jobs, tracking)
+            self.parking.parked(letters)
+        elif jobs:
+            follower.process_events(jobs, Tracking(self.leader_name, last_id))
+
+    def _recover(
+        self,
+        jobs: list[ProcessingJob[TAggregateID]],
+        letters: list[DeadLetter],
+        last_id: int,
+        error: Exception,
+    ) -> bool:
+        """After a failed batch: record what came before the failing notification as a
+        batch, then the rest one notification per transaction, retrying, parking or
+        skipping each failure as the error policy says."""
+        failure = processing_failure(error)
+        failed_id = failure.notification_id if failure is not None else 0
+        head = [job for job in jobs if job[1].notification_id < failed_id]
+        if head:
+            head_letters = [d for d in letters if d.notification_id < failed_id]
+            if not self._record_items(head, head_letters, head[-1][1].notification_id):
+                return False
+            letters = letters[len(head_letters) :]
+        # The failing notification's first attempt was this one (unknown: try each again).
+        first_error: Exception | None = error if failure is not None else None
+        for item in _in_order(jobs[len(head) :], letters):
+            number = _id_of(item)
+            if isinstance(item, DeadLetter):
+                recorded = self.parking.park(item)
+            else:
+                recorded = self._record_alone(item, first_error)
+                first_error = None
+            if not recorded:
+                return False
+            self.position = number
+        self.position = max(self.position or 0, last_id)
+        return True
+
+    def _record_alone(self, job: ProcessingJob[TAggregateID], error: Exception | None) -> bool:
+        """Record one notification in a transaction of its own, retrying it as the error
+        policy says; then stop (raise), park or skip it. False if refused or stopped."""
+        errors = self.follower.error_policy
+        attempts = 0
+        while True:
+            if error is None:
+                if self.parking.in_use:
+                    _, letters = self.parking.hold_back([job])
+                    if letters:
+                        return self.parking.park(letters[0])
+                try:
+                    self._process([job], [], job[1].notification_id)
+                    return True
+                except IntegrityError as refused:
+                    if self._resynchronise():
+                        return False
+                    error = refused
+                except Exception as failed:
+                    error = failed
+            attempts += 1
+            if attempts <= errors.retries or errors.action == RETRY:
+                delay = errors.retry_delay(min(attempts, 32))
+                number = job[1].notification_id
+                name = self.follower.name
+                self.observer.retrying(name, self.leader_name, number, attempts, delay, error)
+                if self.wait(delay):
+                    return False  # stopping: the notification is processed next time
+                error = None
+                continue
+            if errors.action == STOP:
+                raise error
+            return self.parking.park(self.parking.letter_of(job, error, attempts))
+
+    def _job_of(self, notification_id: int) -> ProcessingJob[TAggregateID] | None:
+        """The processing job of the leader's notification ``notification_id``, read from
+        its log (None if it isn't there, or isn't of the follower's topics)."""
+        follower = self.follower
+        pages = follower.pull_notifications(
+            self.leader_name, start=notification_id, stop=notification_id
+        )
+        for page in pages:
+            selected = [n for n in page if n.id == notification_id]
+            jobs = follower.convert_notifications(self.leader_name, selected)
+            return jobs[0] if jobs else None
+        return None
+
+    def retry_dead_letters(self) -> int:
+        """Process the dead letters of this leader whose retry was requested (see
+        :meth:`_Parking.retry_requested`); return how many were resolved."""
+        return self.parking.retry_requested()
 
     def _resynchronise(self) -> bool:
         """After a refused batch, adopt a position recorded by someone else, if any."""
@@ -273,3 +408,133 @@ class _LeaderFeed(Generic[TAggregateID]):
             self.follower.forget_policy_cache()
             return True
         return False
+
+
+class _Parking(Generic[TAggregateID]):
+    """A feed's dead letters: holding back jobs of parked originators, parking, retrying."""
+
+    def __init__(self, feed: _LeaderFeed[TAggregateID]) -> None:
+        self.feed = feed
+        follower = feed.follower
+        self.originators = follower.parked_originators
+        # Parked originators are honoured whenever failures may be handled otherwise than
+        # by raising (the in-process runners' default raises, and so reads nothing).
+        self.in_use = self.originators.is_supported and not follower.error_policy.stops_at_once
+
+    def hold_back(
+        self, jobs: list[ProcessingJob[TAggregateID]]
+    ) -> tuple[list[ProcessingJob[TAggregateID]], list[DeadLetter]]:
+        """Split ``jobs`` into those to process and letters for those of parked originators
+        (an originator is parked from its first letter on)."""
+        parked = self.originators.of(self.feed.leader_name)
+        if not parked:
+            return jobs, []
+        kept: list[ProcessingJob[TAggregateID]] = []
+        letters: list[DeadLetter] = []
+        for job in jobs:
+            event, tracking = job
+            first = parked.get(str(event.originator_id))
+            if first is None or first > tracking.notification_id:
+                kept.append(job)
+            else:
+                topic = get_topic(type(event))
+                leader, number = self.feed.leader_name, tracking.notification_id
+                letters.append(DeadLetter.behind(leader, number, event, topic, first))
+        return kept, letters
+
+    def letter_of(
+        self, job: ProcessingJob[TAggregateID], error: Exception, attempts: int
+    ) -> DeadLetter:
+        """The letter that parks (or skips) ``job`` after ``attempts`` failed attempts."""
+        event, tracking = job
+        status = SKIPPED if self.feed.follower.error_policy.action == SKIP else PARKED
+        topic = get_topic(type(event))
+        leader, number = self.feed.leader_name, tracking.notification_id
+        return DeadLetter.of_failure(leader, number, event, topic, error, attempts, status=status)
+
+    def park(self, letter: DeadLetter) -> bool:
+        """Record ``letter`` with the tracking record of its notification; False if refused
+        (another process recorded that position)."""
+        feed = self.feed
+        n = letter.notification_id
+        try:
+            feed.follower.process_events([], ParkingTracking(feed.leader_name, n, (n,), (letter,)))
+        except IntegrityError:
+            if feed._resynchronise():
+                return False
+            raise
+        self.parked([letter])
+        return True
+
+    def parked(self, letters: Sequence[DeadLetter]) -> None:
+        """Note letters just recorded: their originators' later notifications wait."""
+        parked = self.originators.of(self.feed.leader_name)
+        for letter in letters:
+            if letter.is_open:
+                parked.setdefault(letter.originator_id, letter.notification_id)
+            self.feed.observer.parked(self.feed.follower.name, letter)
+
+    def retry_requested(self) -> int:
+        """Process the letters of this leader whose retry was requested, in order, each
+        with the compare-and-set of :class:`RetryTracking`; return how many were resolved.
+
+        A letter waits while an earlier letter of its originator is still parked.
+        """
+        feed = self.feed
+        recorder = feed.follower.recorder
+        if not self.originators.is_supported:
+            return 0
+        state = cast("FollowerStateRecorder", recorder)
+        leader = feed.leader_name
+        resolved = 0
+        for letter in state.select_dead_letters(leader_name=leader, statuses=(RETRYING,)):
+            originator = letter.originator_id
+            first = state.select_dead_letters(leader_name=leader, originator_id=originator)
+            if not first or first[0].notification_id != letter.notification_id:
+                continue  # behind an earlier letter of its originator that still waits
+            if self._retry(state, letter):
+                resolved += 1
+        return resolved
+
+    def _retry(self, state: FollowerStateRecorder, letter: DeadLetter) -> bool:
+        feed, follower = self.feed, self.feed.follower
+        job = feed._job_of(letter.notification_id)
+        if job is None:
+            state.set_dead_letter_status(
+                [(letter.leader_name, letter.notification_id)], DISCARDED,
+                from_statuses=(RETRYING,),
+                reason="the notification is no longer in the leader's log, or not of the "
+                "follower's topics",
+            )  # fmt: skip
+            self.originators.forget(letter.leader_name)
+            return False
+        try:
+            retry = RetryTracking(letter.leader_name, letter.notification_id)
+            follower.process_events([job], retry)
+        except Exception as error:
+            current = state.select_dead_letters(leader_name=letter.leader_name,
+                                                notification_id=letter.notification_id)  # fmt: skip
+            if current and current[0].status == RETRYING:
+                state.update_dead_letter(letter.failed_again(error))
+                feed.observer.parked(follower.name, letter.failed_again(error))
+            return False  # else another process resolved or discarded it
+        finally:
+            self.originators.forget(letter.leader_name)
+        feed.observer.resolved(follower.name, letter)
+        return True
+
+
+def _in_order(
+    jobs: Sequence[ProcessingJob[Any]], letters: Sequence[DeadLetter]
+) -> list[ProcessingJob[Any] | DeadLetter]:
+    """Jobs and letters together, in the order of their notification ids."""
+    return sorted([*jobs, *letters], key=_id_of)
+
+
+def _id_of(item: ProcessingJob[Any] | DeadLetter) -> int:
+    return item.notification_id if isinstance(item, DeadLetter) else item[1].notification_id
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False

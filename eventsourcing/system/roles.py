@@ -22,6 +22,7 @@ from eventsourcing.persistence import (
     Tracking,
 )
 from eventsourcing.projection import EventSourcedProjection, ProcessingJob
+from eventsourcing.system.failures import IN_PROCESS_DEFAULT, ErrorPolicy, ParkedOriginators
 from eventsourcing.system.prompts import RecordingEvent, RecordingEventReceiver
 from eventsourcing.system.reader import NotificationLogReader
 from eventsourcing.utils import EnvType
@@ -71,6 +72,11 @@ class Follower(EventSourcedProjection[TAggregateID]):
             self.process_batch_size = 1
         # A subclass that overrides process_event() gets it called for each event.
         self.processes_each_event = type(self).process_event is not Follower.process_event
+        #: What to do when the policy raises (FOLLOWER_ERRORS and the like; by default,
+        #: raise, as in 9.5.6). Workers have a default of their own.
+        self.error_policy = ErrorPolicy.from_env(self.env, IN_PROCESS_DEFAULT)
+        #: The originators whose notifications wait behind a dead letter.
+        self.parked_originators = ParkedOriginators(self.recorder)
 
     def _env_batch_size(self) -> int:
         value = self.env.get(self.PROCESS_BATCH_SIZE)
