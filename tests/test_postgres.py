@@ -340,9 +340,13 @@ def test_tables_are_named_after_the_application(postgres_database: PostgresDatab
         "dogschool_events",
         "dogschool_snapshots",
         "dogschool_tracking",
+        "dogschool_dead_letters",
+        "dogschool_follower_settings",
         "stored_events",
         "stored_snapshots",
         "notification_tracking",
+        "notification_dead_letters",
+        "notification_follower_settings",
     }
 
 
@@ -397,6 +401,8 @@ def test_names_reach_sql_as_quoted_identifiers(
         f"{prefix}_events",
         f"{prefix}_snapshots",
         f"{prefix}_tracking",
+        f"{prefix}_dead_letters",
+        f"{prefix}_follower_settings",
     }
 
 

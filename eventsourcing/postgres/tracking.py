@@ -399,7 +399,12 @@ def _execute(conn: Connection[DictRow], statement: Composed, params: Sequence[An
 
 
 class _FollowerStateTables:
-    """The tables of a follower's dead letters and settings, beside its tracking table."""
+    """The tables of a follower's dead letters and settings, beside its tracking table.
+
+    They are created with the tracking table; 9.5.6 neither makes nor reads them, so a
+    database either library wrote still works with the other (9.5.6 difference: follower
+    state tables).
+    """
 
     def __init__(self, recorder: PostgresTrackingRecorder, tracking_table_name: str) -> None:
         base = tracking_table_name.removesuffix("_tracking")
