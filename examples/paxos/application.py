@@ -39,6 +39,9 @@ from examples.paxos.domainmodel import (
     Store,
     request_id_of,
 )
+from examples.paxos.ledger import EntryAsDict, Ledger, WindowAsList
+from examples.paxos.modes import MULTI, SETTING, paxos_mode
+from examples.paxos.multipaxos import MultiPaxos
 
 
 class KeyValueError(Exception):
@@ -99,7 +102,12 @@ class Replica(ProcessApplication[UUID]):
     seconds a command may take (default 30); ``PAXOS_NUDGE_AFTER``, the seconds a client
     waits before asking its replica to take over the slots that hold the log up (default
     2, doubling each time); ``PAXOS_POLL_INTERVAL``, how often a client looks for its
-    result when no prompt from this process wakes it (default 0.02).
+    result when no prompt from this process wakes it (default 0.02); ``PAXOS_MODE``,
+    ``basic`` (default) or ``multi`` (see :mod:`examples.paxos.modes`). With multi-Paxos,
+    ``PAXOS_NUDGE_AFTER`` is also how long a client waits before its replica, if it does
+    not lead, campaigns to lead (the leader may have stopped); ``PAXOS_BATCH``, the most
+    commands in one slot (default 100); ``PAXOS_PIPELINE``, the most slots a leader has in
+    flight (default 4).
     """
 
     replica_names: ClassVar[tuple[str, ...]] = ()
@@ -116,9 +124,20 @@ class Replica(ProcessApplication[UUID]):
             Slot.AcceptRequested,
             Slot.Accepted,
             Slot.Chosen,
+            # Multi-Paxos (PAXOS_MODE=multi).
+            Request.Reminded,
+            Ledger.Campaigned,
+            Ledger.Promised,
+            Ledger.Refused,
+            Ledger.Proposed,
+            Ledger.Accepted,
+            Ledger.Chosen,
         )
     )
-    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Store: 100}
+    # The store's snapshots are the compaction of the log: a replica loads its store from
+    # the last one (with multi-Paxos, every 100 slots; the ledger holds only the slots in
+    # flight, and is snapshotted as often).
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Store: 100, Ledger: 100}
 
     def __init__(self, env: EnvType | None = None) -> None:
         """Construct the replica (its index and quorum come from ``replica_names``)."""
@@ -137,6 +156,23 @@ class Replica(ProcessApplication[UUID]):
         self._recorded = threading.Condition()
         self._recordings = 0  # counts saves in this process, to wake waiting clients
         self._next_free_slot: int | None = None  # the policy's guess; checked before use
+        self.mode = paxos_mode(self.env.get(SETTING), f"{SETTING} for {self.name!r}")
+        self._multi = MultiPaxos(
+            self, self._count("PAXOS_PIPELINE", 4), self._count("PAXOS_BATCH", 100)
+        )
+
+    def _count(self, key: str, default: int) -> int:
+        value = self.env.get(key)
+        if not value:
+            return default
+        try:
+            count = int(value)
+        except ValueError:
+            count = 0
+        if count < 1:
+            msg = f"Invalid {key} value {value!r} for {self.name!r}: set a positive integer"
+            raise ValueError(msg)
+        return count
 
     def _seconds(self, key: str, default: float) -> float:
         value = self.env.get(key)
@@ -156,6 +192,8 @@ class Replica(ProcessApplication[UUID]):
         super().register_transcodings(transcoder)
         transcoder.register(BallotAsList())
         transcoder.register(CommandAsDict())
+        transcoder.register(EntryAsDict())
+        transcoder.register(WindowAsList())
 
     # -- the key-value store -----------------------------------------------------------
 
@@ -248,7 +286,10 @@ class Replica(ProcessApplication[UUID]):
         """
         try:
             request: Request = self.repository.get(request_id_of(self.index, request_id))
-            request.nudge()
+            if self.mode == MULTI:
+                request.remind()
+            else:
+                request.nudge()
             self.save(request)
         except IntegrityError:
             pass  # nudged by someone else meanwhile: once is enough
@@ -267,6 +308,10 @@ class Replica(ProcessApplication[UUID]):
         store: Store | None = self._find(Store.create_id(self.index))
         return store or Store(self.index)
 
+    def ledger(self) -> Ledger:
+        """Multi-Paxos: this replica's ledger (its role, ballot, and the slots in flight)."""
+        return self._multi.ledger()
+
     def slot(self, number: int) -> Slot | None:
         """This replica's state for slot ``number``, if it has any."""
         slot: Slot | None = self._find(Slot.create_id(self.index, number))
@@ -279,14 +324,37 @@ class Replica(ProcessApplication[UUID]):
         except AggregateNotFoundError:
             return None
 
+    def applied_count(self) -> int:
+        """How far this replica has applied the log: slots (basic), requests (multi)."""
+        store = self.store()
+        return store.commands_applied if self.mode == MULTI else store.next_slot
+
     def applied_commands(self) -> list[Command]:
-        """The commands applied so far, by slot."""
+        """The commands applied so far, by slot (with multi-Paxos, in order within each)."""
+        if self.mode == MULTI:
+            return self._multi_applied_commands()
         commands = []
         for number in range(self.store().next_slot):
             slot = self.slot(number)
             assert slot is not None and slot.chosen is not None
             commands.append(slot.chosen)
         return commands
+
+    def _multi_applied_commands(self) -> list[Command]:
+        """The commands applied, from the store's history (its snapshots hold no log)."""
+        events = self.repository.event_store.get(Store.create_id(self.index))
+        commands: list[Command] = []
+        slot_applied = Store.SlotApplied  # type: ignore[attr-defined]  # made by @event
+        for store_event in events:
+            if isinstance(store_event, slot_applied):
+                commands.extend(store_event.commands)
+        return commands
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        """Record; a batch of the policy that is recorded also commits its queue."""
+        recordings = super()._record(processing_event)
+        self._multi.recorded(processing_event)
+        return recordings
 
     # -- the policy ----------------------------------------------------------------------
 
@@ -298,12 +366,14 @@ class Replica(ProcessApplication[UUID]):
 
     @policy.register
     def _submitted(self, event: Request.Submitted, processing_event: ProcessingEvent[UUID]) -> None:
-        if self._sender(processing_event) == self.index:
+        if self.mode == MULTI:
+            self._multi.submitted(event.command, self._sender(processing_event), processing_event)
+        elif self._sender(processing_event) == self.index:
             self._propose_in_new_slot(event.command, processing_event)
 
     @policy.register
     def _nudged(self, event: Request.Nudged, processing_event: ProcessingEvent[UUID]) -> None:
-        if self._sender(processing_event) != self.index:
+        if self._sender(processing_event) != self.index or self.mode == MULTI:
             return
         # Take over every slot not yet chosen here in which this replica is not proposing:
         # its proposer may have stopped, or nobody may have proposed in it at all.
@@ -364,6 +434,75 @@ class Replica(ProcessApplication[UUID]):
         if self._sender(processing_event) != self.index:
             self._update(
                 event.number, processing_event, lambda s: s.learn(event.ballot, event.command)
+            )
+
+    # -- the policy, multi-Paxos (examples.paxos.multipaxos) -------------------------------
+
+    @policy.register
+    def _reminded(self, event: Request.Reminded, processing_event: ProcessingEvent[UUID]) -> None:
+        if self.mode == MULTI:
+            self._multi.reminded(event.command, self._sender(processing_event), processing_event)
+
+    @policy.register
+    def _campaigned(
+        self, event: Ledger.Campaigned, processing_event: ProcessingEvent[UUID]
+    ) -> None:
+        if self._sender(processing_event) != self.index:
+            self._multi.act(
+                processing_event,
+                lambda ledger: ledger.receive_campaign(event.ballot, event.from_slot),
+            )
+
+    @policy.register
+    def _multi_promised(
+        self, event: Ledger.Promised, processing_event: ProcessingEvent[UUID]
+    ) -> None:
+        sender = self._sender(processing_event)
+        if event.ballot.replica == self.index and sender != self.index:
+            self._multi.act(
+                processing_event,
+                lambda ledger: ledger.receive_promise(
+                    sender, event.ballot, event.entries, event.applied_below
+                ),
+            )
+
+    @policy.register
+    def _multi_refused(
+        self, event: Ledger.Refused, processing_event: ProcessingEvent[UUID]
+    ) -> None:
+        if event.ballot.replica == self.index and self._sender(processing_event) != self.index:
+            self._multi.act(
+                processing_event,
+                lambda ledger: ledger.receive_refusal(event.ballot, event.promised),
+            )
+
+    @policy.register
+    def _proposed(self, event: Ledger.Proposed, processing_event: ProcessingEvent[UUID]) -> None:
+        if self._sender(processing_event) != self.index:
+            self._multi.act(
+                processing_event,
+                lambda ledger: ledger.receive_proposal(event.number, event.ballot, event.batch),
+            )
+
+    @policy.register
+    def _multi_accepted(
+        self, event: Ledger.Accepted, processing_event: ProcessingEvent[UUID]
+    ) -> None:
+        sender = self._sender(processing_event)
+        if sender != self.index:
+            self._multi.act(
+                processing_event,
+                lambda ledger: ledger.receive_acceptance(
+                    event.number, event.ballot, event.batch, [sender, event.ballot.replica]
+                ),
+            )
+
+    @policy.register
+    def _multi_chosen(self, event: Ledger.Chosen, processing_event: ProcessingEvent[UUID]) -> None:
+        if self._sender(processing_event) != self.index:
+            self._multi.act(
+                processing_event,
+                lambda ledger: ledger.learn(event.number, event.ballot, event.batch),
             )
 
     # -- the policy's helpers ----------------------------------------------------------

@@ -37,9 +37,7 @@ def run_demo(console: Console | None = None) -> bool:
         env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "PAXOS_POLL_INTERVAL": "0.01"}
         for cls in (Replica0, Replica1, Replica2):
             env[f"{cls.name.upper()}_SQLITE_DBNAME"] = os.path.join(folder, f"{cls.name}.sqlite")
-        console.print(
-            f"Three replicas, each an OS process with its own SQLite file in {folder}"
-        )
+        console.print(f"Three replicas, each an OS process with its own SQLite file in {folder}")
         runner: Runner[UUID] = MultiProcessRunner(system, env=env)
         with runner:
             replicas = [runner.get(cls) for cls in (Replica0, Replica1, Replica2)]

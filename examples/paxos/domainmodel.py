@@ -413,9 +413,23 @@ class Request(Aggregate):
         self.command = command
         self.nudges = 0
 
+    class Reminded(Aggregate.Event):
+        """Multi-Paxos: the client has waited long; ``command`` is sent again to the leader."""
+
+        command: Command
+
+        def apply(self, request: Request) -> None:
+            """Count the reminder with the nudges."""
+            request.nudges += 1
+
     def nudge(self) -> None:
         """The client has waited long: take over the slots that hold the log up."""
         self.trigger_event(self.Nudged)
+
+    def remind(self) -> None:
+        """Multi-Paxos: the client has waited long, so send the command to the leader again
+        (and, at a follower, elect a new leader: the one it knew may have stopped)."""
+        self.trigger_event(self.Reminded, command=self.command)
 
 
 def request_id_of(replica: int, request_id: str) -> UUID:
@@ -450,11 +464,54 @@ class Store(Aggregate):
         """One store per replica."""
         return uuid5(NAMESPACE, f"replica-{replica}/store")
 
+    DEDUP_WINDOW = 10_000
+    """Multi-Paxos: how many of the last request ids applied are remembered, to apply a
+    request chosen twice (proposed again by a new leader, or after a reminder) once. A
+    request is proposed again only while its client waits for it, within a few slots."""
+
     @event("Opened")
     def __init__(self, replica: int) -> None:
         self.replica = replica
         self.next_slot = 0
         self.data: dict[str, str] = {}
+        self.recent: dict[str, int] = {}  # multi-Paxos: request id -> slot, the last ones
+        self.commands_applied = 0  # multi-Paxos: requests applied (no duplicates, no no-ops)
+
+    def fresh(self, commands: list[Command]) -> list[Command]:
+        """Multi-Paxos: the commands of a batch not applied before (nor twice in it)."""
+        seen = self.recent
+        fresh: dict[str, Command] = {}
+        for command in commands:
+            if command.op != "noop" and command.request_id not in seen:
+                fresh.setdefault(command.request_id, command)
+        return list(fresh.values())
+
+    def results_of(self, commands: list[Command]) -> list[Result]:
+        """Multi-Paxos: what each command of a batch returns, applied in order from now."""
+        values: dict[str, str | None] = {}
+        results = []
+        for command in commands:
+            current = values[command.key] if command.key in values else self.data.get(command.key)
+            values[command.key], result = _step(current, command)
+            results.append(result)
+        return results
+
+    @event("SlotApplied")
+    def apply_slot(self, slot: int, commands: list[Command], duplicates: int) -> None:
+        """Multi-Paxos: apply the fresh commands of the batch chosen in ``slot`` (the next
+        one); ``duplicates`` others were passed over."""
+        self._check_next(slot)
+        for command in commands:
+            value, _ = _step(self.data.get(command.key), command)
+            if value is None:
+                self.data.pop(command.key, None)
+            else:
+                self.data[command.key] = value
+            self.recent[command.request_id] = slot
+        while len(self.recent) > self.DEDUP_WINDOW:
+            del self.recent[next(iter(self.recent))]
+        self.commands_applied += len(commands)
+        self.next_slot = slot + 1
 
     def result_of(self, command: Command) -> Result:
         """What ``command`` returns if it is applied now."""
@@ -486,3 +543,15 @@ class Store(Aggregate):
         if slot != self.next_slot:
             msg = f"Slot {slot} applied out of order: the next slot is {self.next_slot}"
             raise ValueError(msg)
+
+
+def _step(current: str | None, command: Command) -> tuple[str | None, Result]:
+    """A key's value after ``command``, and what the command returns."""
+    if command.op == "put":
+        return command.value, None
+    if command.op == "delete":
+        return None, None
+    if command.op == "cas":
+        applies = current == command.expected
+        return (command.value if applies else current), applies
+    return current, current if command.op == "get" else None

@@ -46,11 +46,15 @@ def applied_logs(replicas: Sequence[Replica]) -> list[list[Command]]:
     return [replica.applied_commands() for replica in replicas]
 
 
+MODES = ["basic", "multi"]  # PAXOS_MODE: the tests of the store run in both
+
+
 def wait_until_agreed(replicas: Sequence[Replica], at_least: int, timeout: float = WAIT) -> int:
-    """Wait until every replica has applied the same number of slots (at least ``at_least``)."""
+    """Wait until every replica has applied as much (at least ``at_least``): slots in basic
+    mode, requests in multi mode, where a slot holds a batch."""
     deadline = time.monotonic() + timeout
     while True:
-        applied = [replica.store().next_slot for replica in replicas]
+        applied = [replica.applied_count() for replica in replicas]
         if len(set(applied)) == 1 and applied[0] >= at_least:
             return applied[0]
         if time.monotonic() > deadline:
@@ -199,6 +203,14 @@ class Cluster:
         worker = self.workers.pop(name)
         worker.send_signal(signal.SIGKILL)
         worker.wait()
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP the worker of ``name``: it holds its state and does nothing."""
+        self.workers[name].send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        """SIGCONT the worker of ``name``."""
+        self.workers[name].send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop every worker (SIGTERM); fail if one had died of an error."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from linearizability import History, assert_linearizable
-from paxos_cluster import assert_agreement, replica_env, run_clients, wait_until_agreed
+from paxos_cluster import MODES, assert_agreement, replica_env, run_clients, wait_until_agreed
 from system_model import RUNNERS
 
 from eventsourcing.system import (
@@ -39,10 +39,16 @@ def runner_cls(request: pytest.FixtureRequest) -> type[Runner[Any]]:
     return request.param  # type: ignore[no-any-return]
 
 
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    """Basic Paxos and multi-Paxos (PAXOS_MODE)."""
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture(params=BACKENDS)
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    """Each back end, a database per replica."""
-    return replica_env(request.param, request, tmp_path)
+def env(request: pytest.FixtureRequest, tmp_path: Path, mode: str) -> dict[str, str]:
+    """Each back end, a database per replica, in each mode."""
+    return {**replica_env(request.param, request, tmp_path), "PAXOS_MODE": mode}
 
 
 def replicas_of(runner: Runner[Any]) -> list[Replica]:
@@ -89,10 +95,10 @@ def requests_in_logs(replicas: list[Replica]) -> set[str]:
     return {c.request_id for c in replicas[0].applied_commands() if c.op != "noop"}
 
 
-def test_a_cluster_of_one_and_of_five() -> None:
+def test_a_cluster_of_one_and_of_five(mode: str) -> None:
     for size in (1, 5):
         cluster = build_system(size)
-        with SingleThreadedRunner(cluster) as runner:
+        with SingleThreadedRunner(cluster, env={"PAXOS_MODE": mode}) as runner:
             replicas = [runner.get(cluster.get_app_cls(name)) for name in cluster.nodes]
             assert all(isinstance(r, Replica) for r in replicas)
             replicas[0].put("x", "1")
@@ -119,10 +125,11 @@ CONTENTION = [
 def test_contention_chosen_exactly_once_and_linearizable(
     backend: str,
     contended_runner: type[Runner[Any]],
+    mode: str,
     request: pytest.FixtureRequest,
     tmp_path: Path,
 ) -> None:
-    env = replica_env(backend, request, tmp_path)
+    env = {**replica_env(backend, request, tmp_path), "PAXOS_MODE": mode}
     history = History()
     with contended_runner(system, env=env) as runner:
         replicas = replicas_of(runner)

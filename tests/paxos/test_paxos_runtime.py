@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from paxos_cluster import assert_agreement, replica_env, wait_until_agreed
+from paxos_cluster import MODES, assert_agreement, replica_env, wait_until_agreed
 
 from examples.paxos.application import Replica
 from examples.paxos.demo import race
@@ -49,19 +49,18 @@ def exercise(replicas: list[Replica]) -> set[str]:
 def assert_replicas_agree(replicas: list[Replica]) -> None:
     """Wait until every replica has applied every chosen slot; then compare them."""
     applied = wait_until_agreed(replicas, at_least=10)
-    request_ids = {
-        c.request_id for r in replicas for c in r.applied_commands() if c.op != "noop"
-    }
+    request_ids = {c.request_id for r in replicas for c in r.applied_commands() if c.op != "noop"}
     log = assert_agreement(replicas, request_ids)
     assert len(log) == applied
     assert replicas[0].store().data["a"] == "2"
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("backend", ["sqlite_file", "postgres"])
 def test_replicas_agree_on_the_multi_process_runner(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+    backend: str, mode: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    env = {**replica_env(backend, request, tmp_path), **CLIENT_SETTINGS}
+    env = {**replica_env(backend, request, tmp_path), **CLIENT_SETTINGS, "PAXOS_MODE": mode}
     with MultiProcessRunner(system, env=env) as runner:
         replicas: list[Replica] = [runner.get(system.get_app_cls(n)) for n in REPLICAS]  # type: ignore[misc]
         exercise(replicas)
@@ -96,18 +95,26 @@ def cli_workers(tmp_path: Path) -> Iterator[Any]:
     assert codes == [0, 0, 0], logs
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("transport", ["redis", "kombu"])
 @pytest.mark.parametrize("backend", ["sqlite_file", "postgres"])
 def test_replicas_agree_on_cli_workers(
-    backend: str, transport: str, request: pytest.FixtureRequest, tmp_path: Path, cli_workers: Any
+    backend: str,
+    transport: str,
+    mode: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    cli_workers: Any,
 ) -> None:
     url = request.getfixturevalue("redis_url")
     prompt = url if transport == "redis" else f"kombu+{url}"
-    env = {**replica_env(backend, request, tmp_path), "PROMPT_TRANSPORT": prompt}
+    env = {
+        **replica_env(backend, request, tmp_path),
+        "PROMPT_TRANSPORT": prompt,
+        "PAXOS_MODE": mode,
+    }
     cli_workers(env)
-    replicas = [
-        system.get_app_cls(name)(env={**env, **CLIENT_SETTINGS}) for name in REPLICAS
-    ]
+    replicas = [system.get_app_cls(name)(env={**env, **CLIENT_SETTINGS}) for name in REPLICAS]
     try:
         exercise(replicas)  # type: ignore[arg-type]
         assert_replicas_agree(replicas)  # type: ignore[arg-type]
