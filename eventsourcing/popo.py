@@ -88,6 +88,10 @@ class POPORecorder:
     def __init__(self) -> None:
         self._database_lock = RLock()
 
+    def erase(self) -> None:
+        """Forget every event and position this recorder keeps (and a follower's dead
+        letters; its settings stay): for a rebuild."""
+
 
 class _Stream:
     """One aggregate's events, kept sorted by version (with a parallel list of versions)."""
@@ -126,6 +130,13 @@ class POPOAggregateRecorder(POPORecorder, AggregateRecorder):
         super().__init__()
         self._stored_events: list[StoredEvent] = []
         self._streams: dict[UUID | str, _Stream] = {}
+
+    def erase(self) -> None:
+        """Forget every event (and position) this recorder keeps."""
+        with self._database_lock:
+            super().erase()
+            self._stored_events.clear()
+            self._streams.clear()
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -231,6 +242,12 @@ class POPOApplicationRecorder(POPOAggregateRecorder, ApplicationRecorder):
         super().__init__()
         self._notifications: list[Notification] = []
         self._listeners: set[Event] = set()
+
+    def erase(self) -> None:
+        """Forget every event (and position) this recorder keeps."""
+        with self._database_lock:
+            super().erase()
+            self._notifications.clear()
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -345,6 +362,13 @@ class POPOTrackingRecorder(POPORecorder, TrackingRecorder, FollowerStateRecorder
         self._max_tracking_ids: dict[str, int] = {}
         self._dead_letters: dict[tuple[str, int], DeadLetter] = {}
         self._settings: dict[str, str] = {}
+
+    def erase(self) -> None:
+        """Forget every position (and event) and dead letter; the settings stay."""
+        with self._database_lock:
+            super().erase()
+            self._max_tracking_ids.clear()
+            self._dead_letters.clear()
 
     def insert_tracking(self, tracking: Tracking) -> None:
         """Record ``tracking``; raise IntegrityError unless it is beyond the recorded one."""

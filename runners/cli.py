@@ -14,16 +14,18 @@ import logging
 import os
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from eventsourcing.deadletters import OPEN_STATUSES, FollowerStateRecorder
 from eventsourcing.persistence import PersistenceError
 from eventsourcing.system import System
+from runners.commands import COMMANDS, EXAMPLES, add_commands, print_table
 from runners.errors import (
     ConfigurationError,
     PolicyError,
+    RefusedError,
     SystemTopicError,
     TransportConnectionError,
 )
@@ -44,11 +46,13 @@ __all__ = [
     "EXIT_FORCED",
     "EXIT_OK",
     "EXIT_PROCESSING_ERROR",
+    "EXIT_REFUSED",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "build_parser",
     "load_system",
     "main",
+    "progress_bars",
     "status_rows",
 ]
 
@@ -56,12 +60,13 @@ logger = logging.getLogger("runners.cli")
 
 EXIT_ERROR = 1  # an unexpected error (its traceback is logged)
 EXIT_USAGE = 2  # bad input: an option, SYSTEM, an application name, an environment variable
-EXIT_UNREACHABLE = 4  # a database or a broker could not be reached at start-up
+EXIT_UNREACHABLE = 4  # a database could not be reached at start-up
+EXIT_REFUSED = 6  # an operation on a follower was refused (unsafe now), changing nothing
 
 ENV_PREFIX = "EVENTSOURCING_RUNNER_"
 RUNNERS = ("single", "threads", "processes")
 
-EPILOG = """\
+EPILOG = f"""\
 examples:
   # one worker for one application (start a second one anywhere: it stands by)
   eventsourcing-runner run myproject.system:system --app Counters
@@ -73,7 +78,7 @@ examples:
   eventsourcing-runner status myproject.system:system
   eventsourcing-runner status myproject.system:system --json
   eventsourcing-runner status myproject.system:system --watch
-
+{EXAMPLES}
 SYSTEM is a topic 'module:attribute' naming a System, or a function returning one; the
 current folder is importable. Applications take their settings from the environment,
 prefixed by their name to single one out (COUNTERS_POSTGRES_DBNAME), for example:
@@ -88,18 +93,31 @@ _INTERVAL, _LOG_LEVEL, _TRACEBACK).
 health and metrics (--metrics-port N, needs pip install 'eventsourcing[metrics]'):
   GET /healthz  200 while the worker runs (holding its lease or standing by); 503 once its
                 database has failed for --unhealthy-after seconds: a liveness probe
-  GET /readyz   200 once connected and while the database answers: a readiness probe
+  GET /readyz   200 once connected and while the database answers and the follower is
+                not paused: a readiness probe
   GET /metrics  Prometheus metrics: notifications processed, events recorded, batch
-                durations, tracked and leader positions, lag, last batch time, lease held
+                durations, tracked and leader positions, lag, last batch time, lease held,
+                policy retries, notifications parked and skipped, retries resolved, paused
   with --runner processes, the i-th application's process serves on N + i
 
 exit codes:
   0  stopped cleanly (SIGTERM/SIGINT finish the batch in hand first)
   1  an unexpected error (traceback logged)
   2  bad input: the message names the problem and the fix
-  3  a policy (or decoding) error stopped a worker; nothing of that batch was recorded
-  4  a database or broker could not be reached at start-up
+  3  a policy (or decoding) error stopped a worker, with FOLLOWER_ERRORS=stop; nothing of
+     that batch was recorded (by default a worker retries, then parks it: dead-letters)
+  4  a database could not be reached at start-up (a broker that is down is no error: the
+     worker polls the leaders' logs, and listens again once the broker is back)
   5  a second SIGTERM/SIGINT: exited at once, the batch in hand rolled back
+  6  refused: the operation is unsafe now (say, a reset while a worker runs); nothing
+     was changed, and the message says what to do
+
+what a worker does when a policy raises (its environment, application-prefixed or not):
+  FOLLOWER_ERRORS=park|retry|skip|stop   after the retries: park the notification as a
+      dead letter, with every later one of its aggregate (default); retry for ever; record
+      it and go on; or stop the worker (exit 3)
+  FOLLOWER_RETRIES=3  FOLLOWER_RETRY_DELAY=0.5  FOLLOWER_RETRY_MAX_DELAY=30   (seconds,
+      doubling from the delay up to the maximum)
 """
 
 
@@ -147,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{run,status}", parser_class=_Parser)
+    names = ",".join(["run", "status", *COMMANDS])
+    commands = parser.add_subparsers(dest="command", metavar=f"{{{names}}}", parser_class=_Parser)
     run = _command(commands, "run", "run workers for applications of SYSTEM", common)
     apps = _env("APP")
     run.add_argument(
@@ -188,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(status, "--json", "print JSON (one document per refresh)")
     _flag(status, "--watch", "refresh until interrupted")
     _seconds(status, "--interval", 1, "seconds between refreshes with --watch")
+    add_commands(lambda name, description: _command(commands, name, description, common))
     return parser
 
 
@@ -240,16 +260,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
         )
         if args.command is None:
-            raise _UsageError("say which command: run or status (see --help)")
+            raise _UsageError("say which command: run, status, or one of "
+                              f"{', '.join(COMMANDS)} (see --help)")  # fmt: skip
         if not args.system:
             raise _UsageError(
                 "SYSTEM is missing: give a topic such as myproject.system:system, or set "
                 f"{ENV_PREFIX}SYSTEM"
             )
         system = load_system(args.system)
-        command: Callable[[argparse.Namespace, System], int] = (
-            _run if args.command == "run" else _status
-        )
+        command: Callable[[argparse.Namespace, System], int] = {
+            "run": _run, "status": _status, **COMMANDS
+        }[args.command]  # fmt: skip
         return command(args, system)
     except (_UsageError, ConfigurationError, ValueError) as error:
         return _fail(error, EXIT_USAGE, show_traceback)
@@ -257,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(error, EXIT_UNREACHABLE, show_traceback)
     except PolicyError as error:
         return _fail(error, EXIT_PROCESSING_ERROR, show_traceback)
+    except RefusedError as error:
+        return _fail(error, EXIT_REFUSED, show_traceback)
     except Exception as error:
         traceback.print_exc()
         return _fail(error, EXIT_ERROR, False)
@@ -321,7 +344,7 @@ def _run(args: argparse.Namespace, system: System) -> int:
     names = _chosen_names(args, system)
     if args.runner == "processes":
         return _run_processes(system, names, args)
-    progress = _progress_bars() if sys.stderr.isatty() else None
+    progress = progress_bars()
     metrics = None
     if args.metrics_port is not None:
         metrics = serve_metrics(args.metrics_port, args.metrics_host, args.unhealthy_after)[0]
@@ -411,7 +434,10 @@ def _run_processes(system: System, names: list[str], args: argparse.Namespace) -
     return EXIT_OK
 
 
-def _progress_bars() -> Callable[[str, str, int, int], None] | None:
+def progress_bars() -> Callable[[str, str, int, int], None] | None:
+    """Progress bars of catching up, on a terminal with the cli extra (else None)."""
+    if not sys.stderr.isatty():
+        return None
     try:
         from tqdm import tqdm  # type: ignore[import-untyped]
     except ImportError:
@@ -435,8 +461,9 @@ def _progress_bars() -> Callable[[str, str, int, int], None] | None:
 
 
 def status_rows(system: System, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Each follower's position in each of its leaders' logs, and how far behind it is
-    (the notifications it has yet to process: :func:`runners.lag.follower_lag`)."""
+    """Each follower's position in each of its leaders' logs, how far behind it is (the
+    notifications it has yet to process: :func:`runners.lag.follower_lag`), how many of
+    them are parked (open dead letters), and whether it is paused."""
     rows: list[dict[str, Any]] = []
     apps: dict[str, Any] = {}
     try:
@@ -444,14 +471,25 @@ def status_rows(system: System, env: dict[str, str] | None = None) -> list[dict[
             apps[name] = system.get_app_cls(name)(env=env)
         for leader, follower in system.edges:
             lag = follower_lag(apps[follower], leader, apps[leader])
+            parked, paused = _follower_state(apps[follower].recorder, leader)
             rows.append(
                 {"follower": follower, "leader": leader, "tracked": lag.tracked,
-                 "leader_last": lag.leader_last, "lag": lag.lag}
+                 "leader_last": lag.leader_last, "lag": lag.lag, "parked": parked,
+                 "paused": paused}
             )  # fmt: skip
     finally:
         for app in apps.values():
             app.close()
     return rows
+
+
+def _follower_state(recorder: Any, leader: str) -> tuple[int, bool]:
+    """A follower's open dead letters of ``leader``, and whether it is paused."""
+    if not isinstance(recorder, FollowerStateRecorder):
+        return 0, False
+    counts = recorder.count_dead_letters()
+    parked = sum(counts.get((leader, status), 0) for status in OPEN_STATUSES)
+    return parked, recorder.is_paused
 
 
 def _status(args: argparse.Namespace, system: System) -> int:
@@ -463,21 +501,11 @@ def _status(args: argparse.Namespace, system: System) -> int:
         if args.json:
             print(json.dumps(rows), flush=True)
         else:
-            _print_table(rows, stamp=args.watch)
+            shown = [{**row, "paused": "yes" if row["paused"] else "no"} for row in rows]
+            print_table(shown, STATUS_HEADERS, numeric=STATUS_NUMBERS, stamp=args.watch)
         if not args.watch or interrupted.wait(args.interval):
             return EXIT_OK
 
 
-def _print_table(rows: list[dict[str, Any]], *, stamp: bool) -> None:
-    headers = ["follower", "leader", "tracked", "leader_last", "lag"]
-    cells = [[str(row[h]) for h in headers] for row in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    if stamp:
-        print(time.strftime("%H:%M:%S"))
-    for row in [[h.upper() for h in headers], *cells]:  # names to the left, numbers right
-        print("  ".join(
-            c.ljust(w) if i < 2 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ))  # fmt: skip
-    print(flush=True)
-
+STATUS_HEADERS = ["follower", "leader", "tracked", "leader_last", "lag", "parked", "paused"]
+STATUS_NUMBERS = {"tracked", "leader_last", "lag", "parked"}

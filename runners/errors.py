@@ -9,7 +9,8 @@
      │    ├── PromptTransportError    a bad PROMPT_TRANSPORT value
      │    └── NotShareableError       a store other processes can't reach (POPO, :memory:)
      ├── TransportConnectionError     the broker can't be reached (retried, never fatal)
-     └── PolicyError                  a follower's policy raised; names leader, id and event
+     ├── PolicyError                  a follower's policy raised; names leader, id and event
+     └── RefusedError                 an operation on a follower that is unsafe now
 
 Transports translate their driver's errors (``redis.*``, ``kombu``'s connection errors,
 ``psycopg.*``) into :class:`TransportConnectionError` at the seam, so the worker loop only
@@ -26,6 +27,7 @@ __all__ = [
     "NotShareableError",
     "PolicyError",
     "PromptTransportError",
+    "RefusedError",
     "RunnerError",
     "SystemTopicError",
     "TransportConnectionError",
@@ -85,3 +87,8 @@ class PolicyError(RunnerError):
             f"The policy of {follower!r} failed on {leader} notification {notification_id} "
             f"({event}): {cause}"
         )
+
+
+class RefusedError(RunnerError):
+    """An operation on a follower was refused, changing nothing: the message says why and
+    what to do (for example, a reset while a worker holds the follower's lease)."""

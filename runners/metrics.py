@@ -6,7 +6,8 @@ The server answers:
   stands by; 503 once its database has failed for longer than ``unhealthy_after`` seconds,
   or the loop has not turned for that long (so an orchestrator restarts it).
 - ``/readyz`` (readiness): 200 once the worker has connected (its applications are open)
-  and while its database answers; 503 before and during database trouble.
+  and while its database answers; 503 before and during database trouble, and while a
+  follower it holds the lease of is paused (alive, but not processing).
 - ``/metrics``: the metrics below, in Prometheus' text format.
 
 The ``metrics`` extra brings ``prometheus_client``.
@@ -76,11 +77,22 @@ class WorkerMetrics:
                                "1 if this worker holds the lease", ["follower"])  # fmt: skip
         self.db_errors = make("Counter", "eventsourcing_database_errors",
                               "Database errors the worker retried", ["follower"])  # fmt: skip
+        self.retries = make("Counter", "eventsourcing_policy_retries",
+                            "Retries of a notification whose policy raised", fl)  # fmt: skip
+        self.parked_count = make("Counter", "eventsourcing_notifications_parked",
+                                 "Notifications parked as dead letters", fl)  # fmt: skip
+        self.skipped = make("Counter", "eventsourcing_notifications_skipped",
+                            "Notifications whose policy failed, passed over", fl)  # fmt: skip
+        self.resolved_count = make("Counter", "eventsourcing_dead_letters_resolved",
+                                   "Dead letters retried and processed", fl)  # fmt: skip
+        self.paused_gauge = make("Gauge", "eventsourcing_paused",
+                                 "1 if the follower is paused", ["follower"])  # fmt: skip
         self._lock = threading.Lock()
         self._connected = False
         self._failing_since: dict[tuple[str, str], float] = {}
         self._heartbeat = time.monotonic()
         self._leases: dict[str, bool] = {}
+        self._paused: set[str] = set()
         self._leader_last: dict[tuple[str, str], int] = {}
 
     # -- hooks called by the worker ------------------------------------------------------
@@ -127,6 +139,24 @@ class WorkerMetrics:
             lag = self._leader_last.get((follower, leader), tracked) - tracked
         self.lag.labels(follower, leader).set(max(0, lag))
 
+    def retried(self, follower: str, leader: str) -> None:
+        """A notification whose policy raised is to be retried."""
+        self.retries.labels(follower, leader).inc()
+
+    def parked(self, follower: str, leader: str, *, skipped: bool = False) -> None:
+        """A notification was parked (or, with ``skipped``, recorded and passed over)."""
+        (self.skipped if skipped else self.parked_count).labels(follower, leader).inc()
+
+    def resolved(self, follower: str, leader: str) -> None:
+        """A dead letter's retry was processed."""
+        self.resolved_count.labels(follower, leader).inc()
+
+    def paused(self, follower: str, paused: bool) -> None:
+        """Whether ``follower`` is paused (then the worker is not ready)."""
+        self.paused_gauge.labels(follower).set(1 if paused else 0)
+        with self._lock:
+            (self._paused.add if paused else self._paused.discard)(follower)
+
     def database_error(self, follower: str, source: str = "store") -> None:
         """The database failed (for ``source``: store or lease); the worker will retry."""
         self.db_errors.labels(follower).inc()
@@ -145,10 +175,11 @@ class WorkerMetrics:
         now = time.monotonic()
         with self._lock:
             failing = min(self._failing_since.values(), default=None)
+            paused = sorted(self._paused)
         failing_for = 0.0 if failing is None else now - failing
         stalled_for = now - self._heartbeat
         alive = failing_for < self.unhealthy_after and stalled_for < self.unhealthy_after
-        ready = alive and self._connected and failing is None
+        ready = alive and self._connected and failing is None and not paused
         details = {
             "alive": alive,
             "ready": ready,
@@ -156,6 +187,7 @@ class WorkerMetrics:
             "database_failing_for": round(failing_for, 1),
             "loop_stalled_for": round(stalled_for, 1),
             "leases": dict(self._leases),
+            "paused": paused,
         }
         return alive, ready, details
 

@@ -34,6 +34,7 @@ from eventsourcing.system import (
     System,
     UnknownApplicationError,
 )
+from eventsourcing.system.failures import IN_PROCESS_DEFAULT
 from eventsourcing.utils import Environment, EnvType, get_topic, resolve_topic
 from runners.errors import ConfigurationError, NotShareableError, PolicyError
 from runners.metrics import UNHEALTHY_AFTER, require_prometheus, serve_metrics
@@ -296,8 +297,9 @@ def _child_main(
     if serve is not None:
         host, port, unhealthy_after = serve
         metrics = serve_metrics(port, host, unhealthy_after)[0]
+    # A runner, like the in-process ones: an error stops it unless FOLLOWER_ERRORS says else.
     worker = Worker(system, [name], env, poll_interval=poll_interval, transport=transport,
-                    metrics=metrics)  # fmt: skip
+                    metrics=metrics, errors=IN_PROCESS_DEFAULT)  # fmt: skip
     handle_stop_signals(worker.stop)
     try:
         worker.run()

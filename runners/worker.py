@@ -10,10 +10,18 @@ Leaders are read through read-side instances of the leader applications, constru
 the same environment (``LEADERNAME_``-prefixed keys select each one's database).
 
 Failures: a lost database connection is retried with backoff (one log line per attempt); a
-broker that is down is retried with backoff while the worker polls; a policy error stops the
-worker with :data:`EXIT_PROCESSING_ERROR` and one log line naming the leader, the
-notification id and the event (nothing of the batch is recorded). :meth:`Worker.stop`
-(SIGTERM, SIGINT) finishes the batch in hand and returns :data:`EXIT_OK`.
+broker that is down is retried with backoff while the worker polls. A policy error is dealt
+with as the follower's error policy says (``FOLLOWER_ERRORS``; by default in a worker,
+three retries with backoff, then the notification is parked as a dead letter and the worker
+goes on: see :mod:`eventsourcing.system.failures`); with ``stop``, it stops the worker with
+:data:`EXIT_PROCESSING_ERROR` and one log line naming the leader, the notification id and
+the event (nothing of the batch is recorded). :meth:`Worker.stop` (SIGTERM, SIGINT)
+finishes the batch in hand and returns :data:`EXIT_OK`.
+
+Control: once a poll interval, an active worker reads its followers' settings: a paused
+follower is not processed (the worker keeps its lease, and says it has stopped by writing
+``pause_acknowledged``); on resume, the positions are read again (they may have been
+reset). Dead letters whose retry was requested are processed then too.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,8 +38,17 @@ from types import FrameType
 from typing import Any
 
 from eventsourcing.application import Application, PromptPublisher
+from eventsourcing.deadletters import (
+    PAUSE_ACKNOWLEDGED,
+    RETRYING,
+    SKIPPED,
+    DeadLetter,
+    FollowerStateRecorder,
+)
 from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.projection import processing_failure
 from eventsourcing.system import Follower, System, _LeaderFeed
+from eventsourcing.system.failures import WORKER_DEFAULT, ErrorPolicy, FeedObserver
 from eventsourcing.utils import Environment, EnvType
 from runners.errors import (
     ConfigurationError,
@@ -96,6 +114,14 @@ class _Follower:
     active: bool = False
     # Leaders whose backlog is measured (for a progress bar) on the next catch-up.
     measure_backlog: set[str] = field(default_factory=set)
+    # Paused (a follower setting): the lease is kept, nothing is processed.
+    paused: bool = False
+
+    @property
+    def state(self) -> FollowerStateRecorder | None:
+        """The follower's dead letters and settings (None for a recorder without them)."""
+        recorder = self.app.recorder
+        return recorder if isinstance(recorder, FollowerStateRecorder) else None
 
     @property
     def name(self) -> str:
@@ -109,7 +135,8 @@ class Worker:
     overrides the one ``PROMPT_TRANSPORT`` names; ``use_lease=False`` skips the lease (for a
     runner that is sure to be alone). ``progress`` is called with ``(follower, leader,
     done, total)`` while catching up a backlog of over a thousand notifications.
-    ``metrics`` is told of batches, positions, leases and database errors.
+    ``metrics`` is told of batches, positions, leases, database errors and failures.
+    ``errors`` is the error policy of followers that set no ``FOLLOWER_ERRORS``.
     """
 
     def __init__(
@@ -123,6 +150,7 @@ class Worker:
         use_lease: bool = True,
         progress: Callable[[str, str, int, int], None] | None = None,
         metrics: WorkerMetrics | None = None,
+        errors: ErrorPolicy = WORKER_DEFAULT,
     ) -> None:
         """Prepare to process the followers ``names`` of ``system`` (nothing opens yet)."""
         self.system = system
@@ -133,6 +161,7 @@ class Worker:
         self.use_lease = use_lease
         self.progress = progress
         self.metrics = metrics
+        self.errors = errors
         self.followers: list[_Follower] = []
         self._stopping = threading.Event()
         self._db_backoff = Backoff()
@@ -172,6 +201,7 @@ class Worker:
         leaders: dict[str, Application[Any]] = {}
         app = system.follower_cls(name)(env=self.env)
         try:
+            app.error_policy = ErrorPolicy.from_env(app.env, self.errors)
             for leader_name in system.follows[name]:
                 leader = system.get_app_cls(leader_name)(env=self.env)
                 leaders[leader_name] = leader
@@ -235,6 +265,21 @@ class Worker:
             self.close()
         return EXIT_OK
 
+    def catch_up(self) -> bool:
+        """Open, process the followers' backlogs to the ends of their leaders' logs once,
+        and close. False (nothing done) if another worker holds a lease."""
+        if not self.followers:
+            self.open()
+        try:
+            self._take_leases()
+            if not all(entry.active for entry in self.followers):
+                return False
+            while self._process_all() and not self.is_stopping:
+                self._take_leases()
+        finally:
+            self.close()
+        return True
+
     # -- the loop ---------------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -247,8 +292,8 @@ class Worker:
                 for entry in self.followers:
                     for feed in entry.feeds.values():
                         feed.request_catch_up()
-                for entry in self.followers:
                     self._measure_positions(entry)
+                    self._read_control(entry)
             self._take_leases()
             if self._process_all():
                 continue  # stopped part-way (lease lost, or a retry is due): look again
@@ -276,22 +321,64 @@ class Worker:
             self._database_trouble(entry, error)
             return
         entry.active = True
+        entry.app.parked_originators.forget()
+        entry.app.forget_policy_cache()
         self._measure_positions(entry)
         if entry.lease is not None:
             logger.info("%s: holding the lease (%s); processing", entry.name, _d(entry.lease))
         entry.measure_backlog = set(entry.feeds)
+        self._read_control(entry)
 
     def _new_feed(self, entry: _Follower, leader: str) -> _LeaderFeed[Any]:
         position = entry.app.recorder.max_tracking_id(leader)
         feed: _LeaderFeed[Any] = _LeaderFeed(entry.app, leader, position)
+        feed.wait = self._stopping.wait  # a retry's delay ends when the worker stops
+        if self.metrics is not None:
+            feed.observer = _MeteredObserver(self.metrics)
         feed.request_catch_up()
         return feed
+
+    def _read_control(self, entry: _Follower) -> None:
+        """Read an active follower's settings and requested retries (once a poll)."""
+        state = entry.state
+        if not entry.active or state is None:
+            return
+        try:
+            self._follow_pause(entry, state)
+            if not entry.paused:
+                self._retry_requested(entry, state)
+        except PersistenceError as error:
+            self._database_trouble(entry, error)
+
+    def _follow_pause(self, entry: _Follower, state: FollowerStateRecorder) -> None:
+        paused = state.is_paused
+        if paused:
+            if not entry.paused:
+                logger.warning("%s: paused (holding the lease; resume to go on)", entry.name)
+            entry.paused = True
+            if state.get_follower_setting(PAUSE_ACKNOWLEDGED) is None:
+                state.set_follower_setting(PAUSE_ACKNOWLEDGED, worker_description())
+        elif entry.paused:
+            logger.warning("%s: resumed; reading the positions again", entry.name)
+            entry.paused = False
+            entry.active = False  # positions may have been reset meanwhile: activate again
+        if self.metrics is not None:
+            self.metrics.paused(entry.name, entry.paused)
+
+    def _retry_requested(self, entry: _Follower, state: FollowerStateRecorder) -> None:
+        """Process the dead letters whose retry was requested, leader by leader."""
+        entry.app.parked_originators.forget()  # another process may have changed them
+        leaders = {d.leader_name for d in state.select_dead_letters(statuses=(RETRYING,))}
+        for leader in sorted(leaders):
+            feed = entry.feeds.get(leader)
+            if feed is not None and not self.is_stopping:
+                feed.retry_dead_letters()
 
     def _process_all(self) -> bool:
         """Process every active follower's pending work; True if some was left undone."""
         left = False
         for entry in self.followers:
-            if not entry.active:
+            if not entry.active or entry.paused:
                 continue
             for feed in entry.feeds.values():
                 if self.is_stopping:
@@ -374,13 +461,15 @@ class Worker:
         self, entry: _Follower, feed: _LeaderFeed[Any], error: Exception
     ) -> PolicyError:
         notes = " ".join(getattr(error, "__notes__", ()))
-        failed = PolicyError(
-            entry.name,
-            feed.leader_name,
-            _failed_id(notes, feed),
-            _failed_event(notes),
-            f"{type(error).__name__}: {error}",
-        )
+        failure = processing_failure(error)
+        if failure is not None:
+            number = failure.notification_id
+            cls = type(failure.domain_event)
+            event = f"{cls.__module__}.{cls.__qualname__}"
+        else:  # not raised by the policy (decoding, or a conflict of its new events)
+            number, event = (feed.position or 0) + 1, "unknown event"
+        cause = f"{type(error).__name__}: {error}"
+        failed = PolicyError(entry.name, feed.leader_name, number, event, cause)
         logger.error("%s stopped: %s %s", entry.name, failed, notes)
         return failed
 
@@ -435,6 +524,34 @@ class Worker:
                 feed = entry.feeds.get(leader)
                 if feed is not None:
                     feed.request_catch_up()
+
+
+class _MeteredObserver(FeedObserver):
+    """Logs a follower's failures (as the default observer does) and counts them."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def retrying(
+        self, follower: str, leader: str, notification_id: int, attempt: int, delay: float,
+        error: BaseException,
+    ) -> None:  # fmt: skip
+        super().retrying(follower, leader, notification_id, attempt, delay, error)
+        self.metrics.retried(follower, leader)
+
+    def parked(self, follower: str, letter: DeadLetter) -> None:
+        super().parked(follower, letter)
+        skipped = letter.status == SKIPPED
+        self.metrics.parked(follower, letter.leader_name, skipped=skipped)
+
+    def resolved(self, follower: str, letter: DeadLetter) -> None:
+        super().resolved(follower, letter)
+        self.metrics.resolved(follower, letter.leader_name)
+
+
+def worker_description() -> str:
+    """Which process this is, for the settings a worker writes (``host:pid``)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _count_recorded_events(app: Application[Any], metrics: WorkerMetrics) -> None:
@@ -493,19 +610,3 @@ def _d(lease: Lease | None) -> str:
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
-
-
-def _failed_id(notes: str, feed: _LeaderFeed[Any]) -> int:
-    marker = "processing notification "
-    if marker in notes:
-        number = notes.split(marker, 1)[1].split(" ", 1)[0]
-        if number.isdigit():
-            return int(number)
-    return (feed.position or 0) + 1
-
-
-def _failed_event(notes: str) -> str:
-    marker = ": "
-    if "processing notification " in notes and marker in notes:
-        return notes.split(marker, 1)[1].split(" event", 1)[0]
-    return "unknown event"

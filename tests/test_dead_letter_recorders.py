@@ -148,3 +148,23 @@ def test_settings_and_resets(recorder: ProcessRecorder) -> None:
     state.reset_tracking("Leader", None)
     assert recorder.max_tracking_id("Leader") is None
     assert state.select_dead_letters() == []
+
+
+def test_erase_forgets_events_positions_and_letters_but_keeps_settings(
+    recorder: ProcessRecorder,
+) -> None:
+    state = _state(recorder)
+    event = _Event()
+    letter = _failure("Leader", 2, event)
+    stored = StoredEvent(uuid4(), 1, "mod:Evt", b"x")
+    recorder.insert_events([stored], tracking=ParkingTracking("Leader", 2, (1, 2), (letter,)))
+    state.set_follower_setting("paused", "yes")
+    recorder.erase()  # type: ignore[attr-defined]
+    assert recorder.max_tracking_id("Leader") is None
+    assert recorder.select_events(stored.originator_id) == []
+    assert recorder.select_notifications(start=None, limit=10) == []
+    assert state.select_dead_letters(statuses=STATUSES) == []
+    assert state.get_follower_setting("paused") == "yes"
+    # Processing from the start is accepted again.
+    recorder.insert_events([stored], tracking=Tracking("Leader", 1))
+    assert recorder.max_tracking_id("Leader") == 1

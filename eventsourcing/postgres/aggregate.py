@@ -92,6 +92,9 @@ class PostgresAggregateRecorder(PostgresRecorder, AggregateRecorder):
         # the events) is called inside the transaction; others take the faster paths.
         self._has_insert_hook = type(self)._insert_events not in _LIBRARY_INSERT_EVENTS
 
+    def _erase_statements(self) -> list[Composed]:
+        return [*super()._erase_statements(), SQL("DELETE FROM {}").format(self._table)]
+
     def construct_pg_stored_event(
         self, originator_id: UUID | str, originator_version: int, topic: str, state: bytes
     ) -> PgStoredEvent:

@@ -46,6 +46,21 @@ class PostgresRecorder:
         """Return ``schema.name`` as quoted identifiers."""
         return SQL("{}.{}").format(self._schema, quoted(name))
 
+    def erase(self) -> None:
+        """Delete every event and position this recorder keeps (and a follower's dead
+        letters; its settings stay), in one transaction: for a rebuild."""
+        statements = self._erase_statements()
+
+        def erase(conn: Connection[DictRow]) -> None:
+            with conn.transaction(), conn.cursor() as curs:
+                for statement in statements:
+                    curs.execute(statement, NO_PARAMS, prepare=False)
+
+        self.datastore.run(erase)
+
+    def _erase_statements(self) -> list[Composed]:
+        return []
+
     def create_table(self) -> None:
         """Create the schema (if missing), then this recorder's types, tables and indexes.
 

@@ -111,6 +111,13 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder, FollowerState
         self._state = _FollowerStateTables(self, tracking_table_name)
         self.sql_create_statements.extend(self._state.create_statements())
 
+    def _erase_statements(self) -> list[Composed]:
+        return [
+            *super()._erase_statements(),
+            SQL("DELETE FROM {}").format(self._tracking_table),
+            SQL("DELETE FROM {}").format(self._state.letters),
+        ]
+
     def create_table(self) -> None:
         """Create (or migrate) the tracking table, and the base classes' tables.
 

@@ -4,6 +4,7 @@ subscriptions to an application recorder's notifications."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from functools import cache
 from threading import Event, Thread
@@ -33,6 +34,9 @@ _MAX_EXACT_ROWS = 32
 _MAX_CHUNK_ROWS = 512
 
 
+CREATE_TABLE_ATTEMPTS = 5
+
+
 class SQLiteRecorder(Recorder):
     """Base class of the SQLite recorders: a datastore and the statements to create tables.
 
@@ -57,7 +61,16 @@ class SQLiteRecorder(Recorder):
         takes SQLite's write lock first, waiting up to the lock timeout).
         """
         try:
-            self.datastore.write(self._create_table, transaction=True)
+            for attempt in range(1, CREATE_TABLE_ATTEMPTS + 1):
+                try:
+                    self.datastore.write(self._create_table, transaction=True)
+                    break
+                except PersistenceError as e:
+                    # Processes opening a new file together can be refused the lock at once
+                    # (SQLite doesn't always wait, as while a file turns to WAL mode).
+                    if attempt == CREATE_TABLE_ATTEMPTS or "locked" not in str(e.__cause__):
+                        raise
+                    time.sleep(0.1 * attempt)
         except PersistenceError as e:
             # Without the hints meant for saves (a failed CREATE is no version conflict).
             cause = e.__cause__ if isinstance(e.__cause__, sqlite3.Error) else e
@@ -67,6 +80,20 @@ class SQLiteRecorder(Recorder):
     def _create_table(self, cursor: sqlite3.Cursor) -> None:
         for statement in self.create_table_statements:
             cursor.execute(statement)
+
+    def erase(self) -> None:
+        """Delete every event and position this recorder keeps (and a follower's dead
+        letters; its settings stay), in one transaction: for a rebuild."""
+        statements = self._erase_statements()
+
+        def erase(cursor: sqlite3.Cursor) -> None:
+            for statement in statements:
+                cursor.execute(statement)
+
+        self.datastore.write(erase, transaction=True)
+
+    def _erase_statements(self) -> list[str]:
+        return []
 
     def convert_originator_id(self, originator_id: str) -> UUID | str:
         """Convert a stored originator id to the configured type (UUID or str)."""
@@ -165,6 +192,7 @@ class SQLiteAggregateRecorder(SQLiteRecorder, AggregateRecorder):
     ) -> None:
         self.events_table_name = _check_identifier(events_table_name)
         super().__init__(datastore, **kwargs)
+        self._erase_events = f"DELETE FROM {self.events_table_name}"
         table = self.events_table_name
         self._insert_statements: dict[int, str] = {}
         self._max_chunk = _max_rows_per_statement()
@@ -196,6 +224,9 @@ class SQLiteAggregateRecorder(SQLiteRecorder, AggregateRecorder):
         else:
             self._write_events(stored_events, None)
         return None
+
+    def _erase_statements(self) -> list[str]:
+        return [*super()._erase_statements(), self._erase_events]
 
     def select_events(
         self,

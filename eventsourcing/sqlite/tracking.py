@@ -97,6 +97,10 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder, FollowerStateReco
             *_FOLLOWER_STATE_TABLES,
         ]
 
+    def _erase_statements(self) -> list[str]:
+        statements = ["DELETE FROM tracking", "DELETE FROM dead_letters"]
+        return [*super()._erase_statements(), *statements]
+
     def insert_tracking(self, tracking: Tracking) -> None:
         """Record that ``tracking.notification_id`` has been processed."""
         self.datastore.write(
