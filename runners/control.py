@@ -143,6 +143,18 @@ class FollowerControl:
             chosen, DISCARDED, from_statuses=OPEN_STATUSES, reason=reason.strip()
         )
 
+    def process_retries(self) -> int:
+        """Process, here and now, the letters whose retry was requested (as a worker does
+        on its poll), each exactly once; return how many were resolved. For followers run
+        in this process (the in-process runners), where no worker polls."""
+        from eventsourcing.system.feed import _LeaderFeed
+
+        resolved = 0
+        for leader in self.system.follows[self.name]:
+            position = self.state.max_tracking_id(leader)  # type: ignore[attr-defined]
+            resolved += _LeaderFeed(self.app, leader, position).retry_dead_letters()
+        return resolved
+
     def _chosen(
         self,
         letters: Iterable[LetterKey],

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.deadletters import SKIPPED, DeadLetter, FollowerStateRecorder
+from eventsourcing.persistence import PersistenceError
 from eventsourcing.utils import Environment
 
 __all__ = [
@@ -176,6 +177,16 @@ class ParkedOriginators:
                 parked.setdefault(letter.originator_id, letter.notification_id)
             self._by_leader[leader_name] = parked
         return parked
+
+    def any_open(self) -> bool:
+        """Whether the follower has open dead letters (False if it can't keep any, or its
+        tables are missing, as in a database 9.5.6 made with ``CREATE_TABLE`` off)."""
+        if not self.is_supported:
+            return False
+        try:
+            return bool(self.recorder.select_dead_letters())
+        except PersistenceError:
+            return False
 
     def forget(self, leader_name: str | None = None) -> None:
         """Read again from the database next time (another process may have changed it)."""

@@ -415,11 +415,19 @@ class _Parking(Generic[TAggregateID]):
 
     def __init__(self, feed: _LeaderFeed[TAggregateID]) -> None:
         self.feed = feed
-        follower = feed.follower
-        self.originators = follower.parked_originators
-        # Parked originators are honoured whenever failures may be handled otherwise than
-        # by raising (the in-process runners' default raises, and so reads nothing).
-        self.in_use = self.originators.is_supported and not follower.error_policy.stops_at_once
+        self.originators = feed.follower.parked_originators
+        self._in_use: bool | None = None
+
+    @property
+    def in_use(self) -> bool:
+        """Whether parked originators are honoured: where failures may be handled otherwise
+        than by raising, or where letters are open (parked under another policy). Read
+        once, so that the in-process runners' default (raise) costs one query."""
+        if self._in_use is None:
+            originators = self.originators
+            stops = self.feed.follower.error_policy.stops_at_once
+            self._in_use = originators.is_supported and (not stops or originators.any_open())
+        return self._in_use
 
     def hold_back(
         self, jobs: list[ProcessingJob[TAggregateID]]
