@@ -80,8 +80,10 @@ class LedgerSystem:
         path = os.pathsep.join([str(HERE), str(TESTS), str(ROOT)])
         return {**os.environ, **self.env, **extra, "PYTHONPATH": path}
 
-    def worker(self, *apps: str, **extra: str) -> WorkerProcess:
-        args = ["run", SYSTEM_TOPIC, "--poll-interval", "0.3"]
+    def worker(self, *apps: str, options: tuple[str, ...] = (), **extra: str) -> WorkerProcess:
+        """Start a worker of ``apps`` (default Ledger) with CLI ``options``, and ``extra``
+        settings."""
+        args = ["run", SYSTEM_TOPIC, "--poll-interval", "0.3", *options]
         for app in apps or ("Ledger",):
             args += ["--app", app]
         log = self.tmp_path / f"worker-{len(self.workers)}.log"
@@ -139,7 +141,9 @@ class LedgerSystem:
     def wait_until(self, what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
         deadline = time.monotonic() + timeout
         while not check():
-            if time.monotonic() > deadline:
+            gone = all(w.process is not None and w.process.poll() is not None
+                       for w in self.workers)  # fmt: skip
+            if time.monotonic() > deadline or (self.workers and gone):
                 logs = "\n".join(w.text()[-3000:] for w in self.workers)
                 raise AssertionError(f"timed out waiting for {what}\n{logs}")
             time.sleep(0.1)
@@ -334,3 +338,34 @@ def test_pause_survives_a_sigkill_and_a_failover(ledger: LedgerSystem) -> None:
     assert resumed.returncode == 0, resumed.stderr
     ledger.wait_processed()
     assert ledger.derived() == {str(a): 4 for a in accounts}  # opened, then 3 deposits
+
+
+@pytest.mark.parametrize("ledger", ["sqlite_file"], indirect=True)
+def test_metrics_count_failures_and_a_paused_worker_is_live_but_not_ready(
+    ledger: LedgerSystem,
+) -> None:
+    from test_worker_metrics import value, wait_status
+
+    from runners.testing.servers import free_port
+
+    shop = ledger.shop
+    accounts = shop.open_accounts(4)
+    ledger.poison.write_text(str(accounts[1]))
+    write_events(shop, accounts, 2)
+    port = free_port()
+    ledger.worker(options=("--metrics-port", str(port)))
+    ledger.wait_processed()
+    labels = {"follower": "Ledger", "leader": "Shop"}
+    wait_status(port, "/readyz", 200)
+    assert value(port, "eventsourcing_policy_retries_total", **labels) == 1
+    assert value(port, "eventsourcing_notifications_parked_total", **labels) == 3
+    assert ledger.cli("pause", "--app", "Ledger").returncode == 0
+    wait_status(port, "/readyz", 503)
+    wait_status(port, "/healthz", 200)
+    assert value(port, "eventsourcing_paused", follower="Ledger") == 1
+    assert ledger.cli("resume", "--app", "Ledger").returncode == 0
+    wait_status(port, "/readyz", 200)
+    ledger.poison.write_text("")
+    assert ledger.cli("retry", "--app", "Ledger", "--all").returncode == 0
+    ledger.wait_until("the retries", lambda: not ledger.letters())
+    assert value(port, "eventsourcing_dead_letters_resolved_total", **labels) == 3
