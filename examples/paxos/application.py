@@ -42,6 +42,7 @@ from examples.paxos.domainmodel import (
 from examples.paxos.ledger import EntryAsDict, Ledger, WindowAsList
 from examples.paxos.modes import MULTI, SETTING, paxos_mode
 from examples.paxos.multipaxos import MultiPaxos
+from examples.paxos.reads import LEASE, READS, LeaseReader
 
 
 class KeyValueError(Exception):
@@ -107,7 +108,11 @@ class Replica(ProcessApplication[UUID]):
     ``PAXOS_NUDGE_AFTER`` is also how long a client waits before its replica, if it does
     not lead, campaigns to lead (the leader may have stopped); ``PAXOS_BATCH``, the most
     commands in one slot (default 100); ``PAXOS_PIPELINE``, the most slots a leader has in
-    flight (default 4).
+    flight (default 4); ``PAXOS_READS``, ``lease`` (default) to read from the leader's store
+    under its lease, taking no slot, or ``log`` to read through the log as basic Paxos
+    does; ``PAXOS_LEASE``, the lease's seconds (default 1), and ``PAXOS_CLOCK_ERROR``, the
+    most the clocks of the processes differ by (default 0.1), which must be less (see
+    :mod:`examples.paxos.reads`).
     """
 
     replica_names: ClassVar[tuple[str, ...]] = ()
@@ -157,8 +162,23 @@ class Replica(ProcessApplication[UUID]):
         self._recordings = 0  # counts saves in this process, to wake waiting clients
         self._next_free_slot: int | None = None  # the policy's guess; checked before use
         self.mode = paxos_mode(self.env.get(SETTING), f"{SETTING} for {self.name!r}")
+        lease = self._seconds("PAXOS_LEASE", 1.0)
+        clock_error = self._seconds("PAXOS_CLOCK_ERROR", 0.1)
+        if clock_error >= lease:
+            msg = (
+                f"PAXOS_CLOCK_ERROR ({clock_error} s) is not less than PAXOS_LEASE ({lease} s) "
+                f"for {self.name!r}: no lease would ever hold; lengthen the lease"
+            )
+            raise ValueError(msg)
         self._multi = MultiPaxos(
-            self, self._count("PAXOS_PIPELINE", 4), self._count("PAXOS_BATCH", 100)
+            self, self._count("PAXOS_PIPELINE", 4), self._count("PAXOS_BATCH", 100), lease
+        )
+        reads = (self.env.get("PAXOS_READS") or LEASE).strip().lower()
+        if reads not in READS:
+            msg = f"Invalid PAXOS_READS value {reads!r} for {self.name!r}: use one of {READS}"
+            raise ValueError(msg)
+        self._reader = (
+            LeaseReader(self, lease, clock_error) if self.mode == MULTI and reads == LEASE else None
         )
 
     def _count(self, key: str, default: int) -> int:
@@ -202,8 +222,14 @@ class Replica(ProcessApplication[UUID]):
         self.execute(self.command("put", key, value=value))
 
     def get(self, key: str) -> str | None:
-        """The value of ``key`` (None if it is not set), as of the slot the read takes."""
-        result = self.execute(self.command("get", key))
+        """The value of ``key`` (None if it is not set): as of the slot the read takes, or,
+        with multi-Paxos, from the leader's store under its lease (``PAXOS_READS``)."""
+        command = self.command("get", key)
+        if self._reader is not None:
+            served, value = self._reader.read(key)
+            if served:
+                return value
+        result = self.execute(command)
         assert result is None or isinstance(result, str)
         return result
 
@@ -293,6 +319,13 @@ class Replica(ProcessApplication[UUID]):
             self.save(request)
         except IntegrityError:
             pass  # nudged by someone else meanwhile: once is enough
+
+    def close(self) -> None:
+        """Close the databases of this replica, and of others it read from."""
+        reader = getattr(self, "_reader", None)  # None if construction failed before it
+        if reader is not None:
+            reader.close()
+        super().close()
 
     def _notify(self, recordings: list[Recording[UUID]]) -> None:
         """Wake the clients waiting in this process, then prompt the followers."""
@@ -450,7 +483,9 @@ class Replica(ProcessApplication[UUID]):
         if self._sender(processing_event) != self.index:
             self._multi.act(
                 processing_event,
-                lambda ledger: ledger.receive_campaign(event.ballot, event.from_slot),
+                lambda ledger: ledger.receive_campaign(
+                    event.ballot, event.from_slot, time.time(), self._multi.lease
+                ),
             )
 
     @policy.register

@@ -60,6 +60,7 @@ class Entry:
     vote_ballot: Ballot | None = None
     voters: list[int] = field(default_factory=list)
     chosen: Batch | None = None
+    proposed_at: float | None = None  # the leader's: when it proposed here (its clock)
 
     def accept(self, ballot: Ballot, batch: Batch, voters: tuple[int, ...]) -> None:
         """Accept ``batch`` in ``ballot``, with the votes that come with it."""
@@ -166,6 +167,11 @@ class Ledger(Aggregate):
         # Learner, and the slots in flight.
         self.applied_below = 0
         self.window = Window()
+        # The lease: the acceptor's grant (to whom, since when by its clock), and the
+        # leader's (when it proposed the latest slot of its term chosen, by its clock).
+        self.granted_to: int | None = None
+        self.granted_at = 0.0
+        self.lease_from = 0.0
 
     # -- what the events do -------------------------------------------------------------
 
@@ -175,6 +181,7 @@ class Ledger(Aggregate):
         if self.role in ACTIVE and self.ballot is not None and ballot > self.ballot:
             self.role = FOLLOWER
             self.leader = ballot.replica
+            self.lease_from = 0.0
 
     def _promise(self, ballot: Ballot) -> None:
         self._see(ballot)
@@ -182,8 +189,10 @@ class Ledger(Aggregate):
             self.promised = ballot
             self.leader = ballot.replica
 
-    def _accept(self, number: int, ballot: Ballot, batch: Batch) -> None:
+    def _accept(self, number: int, ballot: Ballot, batch: Batch, at: float) -> None:
         self._promise(ballot)
+        # Accepting grants the proposer a lease: no promise to another before it ends.
+        self.granted_to, self.granted_at = ballot.replica, max(self.granted_at, at)
         if number >= self.applied_below:
             # The proposer accepted its own proposal before asking anyone else to.
             self.window.entry(number).accept(ballot, batch, (self.replica, ballot.replica))
@@ -243,6 +252,7 @@ class Ledger(Aggregate):
             ledger.role = LEADER
             ledger.leader = ledger.replica
             ledger.next_slot = self.next_slot
+            ledger.lease_from = 0.0
 
     class Refused(Message):
         """A nack: this replica refused ``ballot``, having promised the higher ``promised``."""
@@ -264,6 +274,7 @@ class Ledger(Aggregate):
             ledger.highest_round = max(ledger.highest_round, self.by.round)
             ledger.role = FOLLOWER
             ledger.leader = self.by.replica
+            ledger.lease_from = 0.0
 
     class Proposed(Message):
         """Phase 2a: the leader accepted ``batch`` in slot ``number`` in its ``ballot``, and
@@ -275,8 +286,12 @@ class Ledger(Aggregate):
 
         def apply(self, ledger: Ledger) -> None:
             """Accept our own proposal; the next proposal takes the next slot."""
-            ledger._accept(self.number, self.ballot, self.batch)
+            at = self.timestamp.timestamp()
+            ledger._accept(self.number, self.ballot, self.batch, at)
             ledger.next_slot = max(ledger.next_slot, self.number + 1)
+            entry = ledger.window.find(self.number)
+            if entry is not None:
+                entry.proposed_at = at
 
     class Accepted(Message):
         """Phase 2b: this replica accepted ``batch`` in slot ``number`` in ``ballot``."""
@@ -287,7 +302,7 @@ class Ledger(Aggregate):
 
         def apply(self, ledger: Ledger) -> None:
             """Accept."""
-            ledger._accept(self.number, self.ballot, self.batch)
+            ledger._accept(self.number, self.ballot, self.batch, self.timestamp.timestamp())
 
     class VotesCounted(Message):
         """The learner counted ``voters`` for ``ballot`` in slot ``number`` (no majority)."""
@@ -315,6 +330,9 @@ class Ledger(Aggregate):
                 entry.chosen = self.batch
                 if entry.vote_ballot is None:
                     entry.vote_ballot = self.ballot
+                # A majority accepted the leader's proposal: its lease runs from then.
+                if ledger.is_leader and self.ballot == ledger.ballot and entry.proposed_at:
+                    ledger.lease_from = max(ledger.lease_from, entry.proposed_at)
 
     class Applied(Message):
         """The store applied every slot before ``below``: they leave the window."""
@@ -343,8 +361,24 @@ class Ledger(Aggregate):
         """How many of the leader's slots are proposed and not applied here yet."""
         return max(0, self.next_slot - self.applied_below)
 
-    def campaign(self) -> None:
-        """Ask for promises for all slots not applied here, with a ballot above any seen."""
+    def granting(self, to_other_than: int, now: float, lease: float) -> bool:
+        """Whether this acceptor's lease to a replica other than ``to_other_than`` holds
+        ``now`` (by this replica's clock): until it ends, it promises nobody else."""
+        holder = self.granted_to
+        return holder is not None and holder != to_other_than and now < self.granted_at + lease
+
+    def lease_holds(self, now: float, lease: float, clock_error: float) -> bool:
+        """Whether this leader's lease holds ``now``: no other replica can lead before it
+        ends, if clocks differ by less than ``clock_error`` seconds."""
+        return self.is_leader and now < self.lease_from + lease - clock_error
+
+    def campaign(self, now: float = 0.0, lease: float = 0.0) -> None:
+        """Ask for promises for all slots not applied here, with a ballot above any seen.
+
+        Not while this replica's own lease to another replica holds (see :meth:`granting`).
+        """
+        if self.granting(self.replica, now, lease):
+            return
         ballot = Ballot(self.highest_round + 1, self.replica)
         self.trigger_event(self.Campaigned, ballot=ballot, from_slot=self.applied_below)
         if len(self.promised_by) >= self.quorum:
@@ -392,8 +426,16 @@ class Ledger(Aggregate):
 
     # -- acceptor ------------------------------------------------------------------------
 
-    def receive_campaign(self, ballot: Ballot, from_slot: int) -> None:
-        """Promise a ballot higher than any promised, reporting; else refuse it."""
+    def receive_campaign(
+        self, ballot: Ballot, from_slot: int, now: float = 0.0, lease: float = 0.0
+    ) -> None:
+        """Promise a ballot higher than any promised, reporting; else refuse it.
+
+        While a lease this acceptor granted to another replica holds, say nothing: the
+        candidate campaigns again later.
+        """
+        if self.granting(ballot.replica, now, lease):
+            return
         if self.promised is None or ballot > self.promised:
             self.trigger_event(
                 self.Promised,

@@ -21,6 +21,7 @@ The queue changes with the policy's batch of notifications: a batch that is not 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -60,10 +61,11 @@ class Pending:
 class MultiPaxos:
     """The multi-Paxos policy of one replica (its handlers are called by the replica)."""
 
-    def __init__(self, replica: Replica, pipeline: int, batch_size: int) -> None:
+    def __init__(self, replica: Replica, pipeline: int, batch_size: int, lease: float) -> None:
         self.replica = replica
         self.pipeline = pipeline
         self.batch_size = batch_size
+        self.lease = lease
         self.own_prefix = replica.name + "/"  # request ids of this replica's clients
         self._committed = Pending()
         self._batch: tuple[ProcessingEvent[UUID], Pending] | None = None
@@ -94,7 +96,7 @@ class MultiPaxos:
 
         def act(ledger: Ledger) -> None:
             if sender == self.replica.index and ledger.leader is None and not ledger.role_active:
-                ledger.campaign()
+                ledger.campaign(time.time(), self.lease)
 
         self.act(processing_event, act)
 
@@ -108,7 +110,7 @@ class MultiPaxos:
 
         def act(ledger: Ledger) -> None:
             if sender == self.replica.index and not ledger.is_leader:
-                ledger.campaign()
+                ledger.campaign(time.time(), self.lease)
 
         self.act(processing_event, act)
 
@@ -132,17 +134,26 @@ class MultiPaxos:
         store = replica.store()
         while True:
             self.apply_chosen(ledger, store, pending, processing_event)
-            if not self.propose_pending(ledger, pending):
+            if not self.propose_pending(ledger, store, pending):
                 break
         processing_event.collect_events(ledger)
 
     # -- the leader's proposals, and applying ----------------------------------------------
 
-    def propose_pending(self, ledger: Ledger, pending: Pending) -> bool:
-        """As leader, propose queued requests while slots are free; say whether it did."""
+    def propose_pending(self, ledger: Ledger, store: Store, pending: Pending) -> bool:
+        """As leader, propose queued requests while slots are free; say whether it did.
+
+        A queued request that the store applied already (its ``Submitted`` was read after
+        the slot it was chosen in) is dropped from the queue, not proposed again.
+        """
         proposed = False
         while ledger.is_leader and ledger.in_flight < self.pipeline:
             batch = pending.next_batch(self.batch_size)
+            stale = [command for command in batch if command.request_id in store.recent]
+            for command in stale:
+                del pending.queue[command.request_id]
+            if stale:
+                continue
             if not batch:
                 break
             ledger.propose(batch)

@@ -198,7 +198,7 @@ def no_progress_without_a_majority_multi(cluster: Cluster, clients: list[Replica
     assert survivor.wait_for(command.request_id, timeout=30).result is None
     assert survivor.get("x") == "3"
     cluster.start(others[1])
-    wait_until_agreed(clients, at_least=4)
+    wait_until_agreed(clients, at_least=3)  # 4 if the get went through the log
     applied = {c.request_id for c in r0.applied_commands() if c.op != "noop"}
     log = assert_agreement(clients, applied)
     assert [c.value for c in log if c.op == "put"] == ["1", "2", "3"]

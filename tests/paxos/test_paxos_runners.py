@@ -80,10 +80,10 @@ def test_replicas_agree(runner_cls: type[Runner[Any]], env: dict[str, str]) -> N
         assert len(set(values)) == 1 and values[0] in ("0", "1", "2")
 
         replicas = [r0, r1, r2]
-        wait_until_agreed(replicas, at_least=17)
+        wait_until_agreed(replicas, at_least=11)  # the writes; gets may take no slot
         log = assert_agreement(replicas, request_ids=requests_in_logs(replicas))
-        assert [c.op for c in log if c.op != "noop"][:8] == [
-            "put", "get", "cas", "cas", "get", "delete", "get", "cas"
+        assert [c.op for c in log if c.op not in ("noop", "get")][:5] == [
+            "put", "cas", "cas", "delete", "cas"
         ]  # fmt: skip
         store = r0.store().data
         assert store["a"] == "4" and store["b"] == values[0]
@@ -104,7 +104,7 @@ def test_a_cluster_of_one_and_of_five(mode: str) -> None:
             replicas[0].put("x", "1")
             assert replicas[-1].cas("x", "1", "2") is True
             assert replicas[size // 2].get("x") == "2"
-            wait_until_agreed(replicas, at_least=3)  # type: ignore[arg-type]
+            wait_until_agreed(replicas, at_least=2)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,9 +136,9 @@ def test_contention_chosen_exactly_once_and_linearizable(
         request_ids = run_clients(
             replicas, history, commands_per_replica=100, clients_per_replica=10, keys=10
         )
-        assert len(request_ids) == 300
+        assert len(history.operations) == 300
         assert all(op.completed is not None for op in history.operations)
-        wait_until_agreed(replicas, at_least=300)
+        wait_until_agreed(replicas, at_least=len(request_ids))
         log = assert_agreement(replicas, request_ids)
-    assert len(log) >= 300
+    assert len(log) >= len(request_ids)
     assert_linearizable(history.operations)

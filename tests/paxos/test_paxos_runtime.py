@@ -48,7 +48,7 @@ def exercise(replicas: list[Replica]) -> set[str]:
 
 def assert_replicas_agree(replicas: list[Replica]) -> None:
     """Wait until every replica has applied every chosen slot; then compare them."""
-    applied = wait_until_agreed(replicas, at_least=10)
+    applied = wait_until_agreed(replicas, at_least=9)  # the writes; gets may take no slot
     request_ids = {c.request_id for r in replicas for c in r.applied_commands() if c.op != "noop"}
     log = assert_agreement(replicas, request_ids)
     assert len(log) == applied
