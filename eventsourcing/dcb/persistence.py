@@ -165,7 +165,12 @@ class DCBListenNotifySubscription(DCBSubscription[TDCBRecorder_co]):
         self._pull_thread = threading.Thread(
             target=self._loop_on_pull, name="DCB subscription", daemon=True
         )
+        # Listening before the first read: an append between the two still wakes it.
+        self._start_listening()
         self._pull_thread.start()
+
+    def _start_listening(self) -> None:
+        """Have the recorder set ``_has_been_notified`` after appends (none by default)."""
 
     def __exit__(self, *args: object, **kwargs: Any) -> None:
         super().__exit__(*args, **kwargs)

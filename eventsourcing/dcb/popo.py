@@ -130,13 +130,7 @@ def _copy(sequenced: DCBSequencedEvent) -> DCBSequencedEvent:
 class InMemorySubscription(DCBListenNotifySubscription[InMemoryDCBRecorder]):
     """A subscription woken by each append to its in-memory recorder."""
 
-    def __init__(
-        self,
-        recorder: InMemoryDCBRecorder,
-        query: DCBQuery | None = None,
-        after: int | None = None,
-    ) -> None:
-        super().__init__(recorder=recorder, query=query, after=after)
+    def _start_listening(self) -> None:
         self._recorder.listen(self._has_been_notified)
 
     def stop(self) -> None:

@@ -188,11 +188,13 @@ class SQLiteDCBSubscription(DCBListenNotifySubscription[SQLiteDCBRecorder]):
         query: DCBQuery | None = None,
         after: int | None = None,
     ) -> None:
-        super().__init__(recorder=recorder, query=query, after=after)
         self._stop_polling = Event()
-        recorder.datastore.add_waker(self._has_been_notified)
+        super().__init__(recorder=recorder, query=query, after=after)
         self._poll_thread = Thread(target=self._poll, name="DCB subscription poll", daemon=True)
         self._poll_thread.start()
+
+    def _start_listening(self) -> None:
+        self._recorder.datastore.add_waker(self._has_been_notified)
 
     def stop(self) -> None:
         """End the iteration and the polling."""
