@@ -41,6 +41,7 @@ from eventsourcing.system import (
     System,
     UnknownApplicationError,
 )
+from eventsourcing.system.failures import STOP, ErrorPolicy
 from eventsourcing.utils import EnvType
 from runners.cli import load_system
 from runners.errors import ConfigurationError, RunnerError, did_you_mean
@@ -135,9 +136,14 @@ class WorkerProcesses(Runner[Any]):
     settings: their saves prompt the workers when ``PROMPT_TRANSPORT`` is set. Each worker
     writes its log to ``folder/worker-NAME.log``. The children can import whatever this
     process can (they get its ``sys.path`` as ``PYTHONPATH``).
+
+    A failing policy stops its worker, so that the test sees the error at once, unless
+    the settings choose another ``FOLLOWER_ERRORS`` policy (a worker's own default retries,
+    then parks).
     """
 
     STOP_TIMEOUT = 15.0
+    STOP_AT_ONCE = {ErrorPolicy.ERRORS: STOP, ErrorPolicy.RETRIES: "0"}
 
     def __init__(
         self,
@@ -172,9 +178,10 @@ class WorkerProcesses(Runner[Any]):
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         paths = [p for p in sys.path if p and os.path.isdir(p)]
         inherited = os.environ.get("PYTHONPATH")
+        settings = {**os.environ, **dict(self.env or {})}
         env = {
-            **os.environ,
-            **dict(self.env or {}),
+            **({} if ErrorPolicy.ERRORS in settings else self.STOP_AT_ONCE),
+            **settings,
             "PYTHONPATH": os.pathsep.join([*paths, *([inherited] if inherited else [])]),
         }
         self.folder.mkdir(parents=True, exist_ok=True)
