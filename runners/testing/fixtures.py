@@ -27,6 +27,7 @@ from runners.testing.servers import (
 if TYPE_CHECKING:
     from eventsourcing.system import System
     from runners.testing.postgres import PostgresDatabase, PostgresServer
+    from runners.testing.rabbitmq import RabbitMQServer
     from runners.testing.redis import RedisServer
     from runners.testing.system import RunningSystem
 
@@ -35,6 +36,7 @@ __all__ = [
     "postgres_server",
     "pytest_addoption",
     "pytest_configure",
+    "rabbitmq_server",
     "redis_server",
     "redis_url",
     "require_restartable",
@@ -139,6 +141,14 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     """The URL of a logical Redis database of the test's own, empty before and after."""
     with redis_server.empty_database() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server(pytestconfig: pytest.Config) -> Iterator[RabbitMQServer]:
+    """The session's RabbitMQ server (``.url`` is ``amqp://...``): from ``AMQP_URL``,
+    testcontainers or ``rabbitmq-server`` on the PATH; skipped (failed under CI) when none
+    can be had."""
+    yield from _serve("RabbitMQ", "runners.testing.rabbitmq:resolve_rabbitmq", pytestconfig)
 
 
 @pytest.fixture

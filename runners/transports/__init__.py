@@ -67,10 +67,29 @@ def open_transport(
 
     ``recorders`` maps leader names to their application recorders, which the ``postgres``
     transport listens on. Raises :class:`~runners.errors.PromptTransportError` for a bad
-    ``url`` and :class:`~runners.errors.TransportConnectionError` when a listener can't
-    connect.
+    ``url`` and for a transport whose extra is not installed. Never fails because the server
+    is unreachable: the transport connects when it is used, and while its server is down
+    ``wait`` and ``publish`` raise :class:`~runners.errors.TransportConnectionError`.
     """
     kind = check_transport_url(url, source)
+    try:
+        return _open(kind, url, leaders, recorders or {})
+    except PromptTransportError:
+        raise
+    except ImportError as e:
+        msg = f"Can't use {source}={_without_password(url)!r}: {e}"
+        raise PromptTransportError(msg) from e
+    except ValueError as e:
+        msg = (
+            f"Invalid {source} value {_without_password(url)!r}: {_sentence(e)} Accepted forms: "
+            f"{ACCEPTED_FORMS}. Fix {source} (or unset it)."
+        )
+        raise PromptTransportError(msg) from e
+
+
+def _open(
+    kind: str, url: str, leaders: Iterable[str], recorders: Mapping[str, Any]
+) -> PromptTransport:
     if kind == "redis":
         from runners.transports.redis import RedisStreamsTransport
 
@@ -83,9 +102,19 @@ def open_transport(
         from runners.transports.postgres import PostgresNotifyTransport
 
         listen = set(leaders)
-        return PostgresNotifyTransport(
-            {name: r for name, r in (recorders or {}).items() if name in listen}
-        )
+        return PostgresNotifyTransport({n: r for n, r in recorders.items() if n in listen})
     from runners.transports.memory import MemoryTransport
 
     return MemoryTransport(url.partition("://")[2], leaders)
+
+
+def _sentence(error: Exception) -> str:
+    """``error``'s message as one sentence, ending with its own stop or with one added."""
+    text = " ".join(str(error).split())
+    return text if text.endswith((".", "?", "!")) else f"{text}."
+
+
+def _without_password(url: str) -> str:
+    """``url`` without its password, for messages."""
+    head, sep, rest = url.partition("://")
+    return f"{head}{sep}{rest.rpartition('@')[2]}" if sep else url

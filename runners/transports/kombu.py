@@ -11,6 +11,12 @@ persistent; on Redis, fanout is PUBLISH/SUBSCRIBE, so nothing piles up for dead 
 
 Guarantees: none beyond "usually fast": a prompt published while nobody listens is dropped
 (the log is the delivery; workers poll). Install with ``pip install eventsourcing[kombu]``.
+
+Outages: the URL and the broker's driver are checked when the transport is made
+(:func:`check_broker_url`); the broker is not waited for. While it is down,
+:meth:`~KombuTransport.wait` and :meth:`~KombuTransport.publish` raise
+:class:`~runners.errors.TransportConnectionError` at once (one connection attempt, no
+retries of kombu's own) and the next call connects afresh, declaring a new queue.
 """
 
 from __future__ import annotations
@@ -27,15 +33,38 @@ from runners.transports.base import PromptTransport
 try:
     # kombu has no type hints: treat it as Any rather than scatter ignores.
     kombu: Any = importlib.import_module("kombu")
+    kombu_exceptions: Any = importlib.import_module("kombu.exceptions")
 except ImportError as e:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "kombu prompt transport needs kombu: pip install 'eventsourcing[kombu]'"
     ) from e
 
-__all__ = ["EXCHANGE_NAME", "KombuTransport"]
+__all__ = ["EXCHANGE_NAME", "KombuTransport", "check_broker_url"]
 
 EXCHANGE_NAME = "eventsourcing.prompts"
 MAX_WAIT_SECONDS = 1.0
+
+
+def check_broker_url(broker_url: str) -> None:
+    """Raise ValueError for a broker URL kombu can't parse or whose transport it doesn't
+    know, and ImportError when the transport's driver is not installed (never connects)."""
+    try:
+        kombu.Connection(broker_url).transport  # noqa: B018 - resolves and imports the driver
+    except KeyError as e:  # kombu's "No such transport: X. Did you mean Y?"
+        raise ValueError(str(e.args[0]) if e.args else str(e)) from e
+    except ImportError as e:
+        scheme = broker_url.partition("://")[0]
+        missing = f"needs {e.name}, which is not installed" if e.name else f"can't load: {e}"
+        msg = (
+            f"the kombu transport of {_without_password(broker_url)!r} {missing}; install "
+            f"its driver: pip install 'kombu[{scheme}]'"
+        )
+        raise ImportError(msg) from e
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
 def _exchange() -> Any:
@@ -46,7 +75,9 @@ class KombuTransport(PromptTransport):
     """Publishes to and consumes from fanout exchanges on a kombu broker."""
 
     def __init__(self, broker_url: str, leaders: Iterable[str] = ()) -> None:
-        """Use the broker at ``broker_url``; listen for ``leaders`` (connecting now, if any)."""
+        """Use the broker at ``broker_url``; listen for ``leaders`` (connecting now, if any
+        and if the broker answers: else :meth:`wait` connects once it does)."""
+        check_broker_url(broker_url)
         super().__init__(leaders)
         self.broker_url = broker_url
         self._connection: Any = None
@@ -55,7 +86,7 @@ class KombuTransport(PromptTransport):
         self._declared = False
         self._prompted: set[str] = set()
         if self.leaders:
-            with self._translated():
+            with suppress(TransportConnectionError), self._translated():
                 self._listen()
 
     def _connect(self) -> Any:
@@ -63,7 +94,7 @@ class KombuTransport(PromptTransport):
             self._connection = kombu.Connection(
                 self.broker_url, connect_timeout=2, transport_options={"max_retries": 0}
             )
-            self._connection.ensure_connection(max_retries=1)
+            self._connection.ensure_connection(max_retries=0)  # the caller retries
         return self._connection
 
     def _listen(self) -> None:
@@ -92,7 +123,11 @@ class KombuTransport(PromptTransport):
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
-        errors: tuple[type[BaseException], ...] = (OSError, *self._driver_errors())
+        errors: tuple[type[BaseException], ...] = (
+            OSError,
+            kombu_exceptions.OperationalError,  # ensure_connection's wrapper of them
+            *self._driver_errors(),
+        )
         try:
             yield
         except errors as e:
@@ -104,8 +139,7 @@ class KombuTransport(PromptTransport):
         return tuple(connection.connection_errors) + tuple(connection.channel_errors)
 
     def _safe_url(self) -> str:
-        scheme, sep, rest = self.broker_url.partition("://")
-        return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+        return _without_password(self.broker_url)
 
     def _reset(self) -> None:
         """Drop the connection after a failure; the next call connects afresh."""

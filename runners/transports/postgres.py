@@ -8,22 +8,31 @@ holds one extra connection per leader database, in ``LISTEN`` on its leaders' ch
 Guarantees: a notification is delivered to listeners connected at commit; one sent while a
 worker's connection was down is lost (the worker polls meanwhile). Needs every leader of a
 listening worker on PostgreSQL.
+
+Outages: a listener that can't connect when the transport is made connects on the next
+:meth:`~PostgresNotifyTransport.wait`, which raises
+:class:`~runners.errors.TransportConnectionError` until the database answers.
 """
 
 from __future__ import annotations
 
 import selectors
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
-
-import psycopg
-from psycopg import sql
 
 from eventsourcing.persistence import ApplicationRecorder, PersistenceError
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from runners.errors import PromptTransportError, TransportConnectionError
 from runners.transports.base import PromptTransport
+
+try:
+    import psycopg
+    from psycopg import sql
+except ImportError as e:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "postgres prompt transport needs psycopg 3: pip install 'eventsourcing[postgres]'"
+    ) from e
 
 __all__ = ["PostgresNotifyTransport"]
 
@@ -82,7 +91,7 @@ class PostgresNotifyTransport(PromptTransport):
             key = (str(store.host), str(store.port), store.dbname)
             listener = self._listeners.setdefault(key, _Listener(store))
             listener.channels[recorder.channel_name] = leader
-        with self._translated():
+        with suppress(TransportConnectionError), self._translated():  # down: wait() retries
             for listener in self._listeners.values():
                 listener.connect()
 

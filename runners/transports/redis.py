@@ -10,12 +10,19 @@ Connection string: any URL redis-py's ``Redis.from_url`` accepts.
 Guarantees: none beyond "usually fast". An entry written while a worker was away is seen
 when it comes back (if not trimmed); a Redis restart loses the streams, which is harmless:
 the workers poll the leaders' logs meanwhile. Install with ``pip install eventsourcing[redis]``.
+
+Outages: nothing here waits for Redis. A transport opened while Redis is down is opened all
+the same; until Redis answers, :meth:`~RedisStreamsTransport.wait` and
+:meth:`~RedisStreamsTransport.publish` raise
+:class:`~runners.errors.TransportConnectionError` (the worker polls meanwhile), and each call
+tries to connect afresh. A listener that first connects late reads its streams from the
+start: at worst one wake-up that finds nothing new, never a missed prompt.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from runners.errors import TransportConnectionError
@@ -42,21 +49,39 @@ def redis_client(url: str) -> redis.Redis:
     """Return a client that fails fast: no retries of its own, short connect timeout.
 
     The worker loop and the publishers decide when to try again (redis-py's default retries
-    would stall a save for seconds while the server is down).
+    would stall a save for seconds while the server is down). Connects on first use; raises
+    ValueError for a URL redis-py can't parse, or whose database is not a number.
     """
-    return redis.Redis.from_url(
+    _check_database(url)
+    client = redis.Redis.from_url(
         url,
         socket_connect_timeout=2.0,
         socket_timeout=MAX_BLOCK_SECONDS + 5.0,
         retry=Retry(NoBackoff(), 0),
     )
+    pool = client.connection_pool
+    try:  # a connection made (not opened) now, so that a bad option fails now, not later
+        pool.connection_class(**pool.connection_kwargs)
+    except TypeError as e:
+        raise ValueError(f"an option in the URL's query is not one redis-py takes: {e}") from e
+    return client
+
+
+def _check_database(url: str) -> None:
+    """Raise ValueError unless ``url``'s path is empty or a database number (redis-py
+    would quietly use database 0 for ``redis://host:6379/x``)."""
+    _, sep, rest = url.partition("://")
+    path = rest.partition("?")[0].partition("/")[2] if sep else ""
+    if path and not path.isdigit():
+        msg = f"the database in the URL's path must be a number, such as /0, not /{path}"
+        raise ValueError(msg)
 
 
 @contextmanager
 def _translated(url: str) -> Iterator[None]:
     try:
         yield
-    except redis.RedisError as e:
+    except (redis.RedisError, OSError) as e:
         raise TransportConnectionError(f"Redis at {_safe(url)}: {e}") from e
 
 
@@ -70,13 +95,15 @@ class RedisStreamsTransport(PromptTransport):
     """Publishes to and reads from one Redis stream per leader."""
 
     def __init__(self, url: str, leaders: Iterable[str] = ()) -> None:
-        """Connect to ``url``; listen for ``leaders`` from their streams' current ends."""
+        """Use Redis at ``url``; listen for ``leaders`` from their streams' current ends (or,
+        if Redis is down now, from the streams' starts once it answers)."""
         super().__init__(leaders)
         self.url = url
         self._client = redis_client(url)
-        self._last_ids: dict[str, str] = {}
+        self._last_ids = dict.fromkeys((STREAM_PREFIX + n for n in sorted(self.leaders)), "0-0")
         if self.leaders:
-            self._last_ids = self._stream_ends()
+            with suppress(TransportConnectionError):  # down: wait() says so, and reconnects
+                self._last_ids = self._stream_ends()
 
     def _stream_ends(self) -> dict[str, str]:
         ends: dict[str, str] = {}
