@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from eventsourcing.asyncio import AsyncSystem
 from eventsourcing.deadletters import OPEN_STATUSES, FollowerStateRecorder
 from eventsourcing.persistence import PersistenceError
 from eventsourcing.system import System
@@ -342,6 +343,10 @@ def _systems_in(module: Any) -> list[str]:
 
 def _run(args: argparse.Namespace, system: System) -> int:
     names = _chosen_names(args, system)
+    if isinstance(system, AsyncSystem):  # async followers: one event loop
+        from runners.async_worker import run_async_workers
+
+        return run_async_workers(system, names, args)
     if args.runner == "processes":
         return _run_processes(system, names, args)
     progress = progress_bars()
