@@ -24,17 +24,37 @@ from uuid import UUID
 import pytest
 from async_dogschool import DogSchool, SyncDogSchool, per_app_env
 
+from eventsourcing.application import ProcessingEvent
+from eventsourcing.asyncio import AsyncProcessApplication, AsyncSystem
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 SYSTEM = "async_dogschool:system"
 WAIT = 60.0
 
 
+class Broken(AsyncProcessApplication[UUID]):
+    """A follower whose policy fails on every event."""
+
+    async def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
+        raise ValueError("this policy always fails")
+
+
+failing_system = AsyncSystem(pipes=[[DogSchool, Broken]])
+
+
 class Worker:
     """``python -m runners run async_dogschool:system --app Counters``, logging to a file."""
 
-    def __init__(self, env: dict[str, str], log: Path, *extra: str) -> None:
-        self.args = ["run", SYSTEM, "--app", "Counters", "--poll-interval", "0.2", *extra]
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path,
+        *extra: str,
+        system: str = SYSTEM,
+        app: str = "Counters",
+    ) -> None:
+        self.args = ["run", system, "--app", app, "--poll-interval", "0.2", *extra]
         self.env = {**os.environ, **env, "PYTHONPATH": f"{HERE}{os.pathsep}{ROOT}"}
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -203,3 +223,18 @@ def test_bad_input_and_unreachable_databases_exit_as_sync_workers_do(tmp_path: P
         assert worker.process is not None
         assert worker.process.wait(60) == code, worker.text()
         assert message in worker.text()
+
+
+def test_a_policy_error_exits_3_recording_nothing(tmp_path: Path) -> None:
+    env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
+           "DOGSCHOOL_SQLITE_DBNAME": str(tmp_path / "dogschool.sqlite"),
+           "BROKEN_SQLITE_DBNAME": str(tmp_path / "broken.sqlite")}  # fmt: skip
+    write_sync(env, dogs=1, tricks=1)
+    system = "test_async_worker:failing_system"
+    worker = Worker(env, tmp_path / "broken.log", system=system, app="Broken").start()
+    assert worker.process is not None
+    assert worker.process.wait(60) == 3, worker.text()
+    assert "The policy of 'Broken' failed on DogSchool notification 1" in worker.text()
+    with sqlite3.connect(env["BROKEN_SQLITE_DBNAME"]) as conn:
+        tracked = conn.execute("SELECT count(*) FROM tracking WHERE application_name = 'DogSchool'")
+        assert tracked.fetchone()[0] == 0
