@@ -9,7 +9,8 @@ dogs of its own, so there are no version conflicts. ``sync`` runs ``n`` threads 
 loop. Both get the same settings (``POSTGRES_POOL_SIZE=10``, ``POSTGRES_MAX_OVERFLOW=10``)
 and a fresh database per case; after an untimed warm-up round each, the workers run for
 ``--duration`` seconds. commands/s = commands completed / elapsed; p50/p99 = time per
-command. The best of ``--repeat`` runs is kept.
+command. The two APIs alternate (sync, async, sync, async...) and the best of ``--repeat``
+runs of each is kept.
 
 Event-loop stall (async only), two measures:
 
@@ -21,7 +22,9 @@ Event-loop stall (async only), two measures:
   step of each task) is timed, in wall time and in the loop thread's CPU time
   (``step_max_ms``, ``step_cpu_max_ms``, with the callback that took longest). A call that
   blocked the loop (on I/O, a lock, or work) would be one long step; CPU time leaves out
-  the process being descheduled by others' work on the machine.
+  the process being descheduled by others' work on the machine. The same run times the
+  cyclic garbage collector's pauses (``gc.callbacks``): ``gc2_max_ms`` is the longest full
+  (generation 2) collection, which walks every tracked object of the process.
 
 The server: ``POSTGRES_*`` from the environment, else a throwaway one from the testing
 extra's binaries (runners.testing). Not collected by pytest; never a timed test.
@@ -39,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -188,21 +192,61 @@ async def run_async(
     return result
 
 
+class GCPauses:
+    """Times the cyclic garbage collector's pauses (``gc.callbacks``), per generation."""
+
+    def __init__(self) -> None:
+        self.longest = [0.0, 0.0, 0.0]  # wall time
+        self.longest_cpu = [0.0, 0.0, 0.0]  # the collecting thread's CPU time
+        self.count = [0, 0, 0]
+        self._started = self._started_cpu = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started, self._started_cpu = time.perf_counter(), time.thread_time()
+            return
+        generation = info["generation"]
+        pause = time.perf_counter() - self._started
+        cpu = time.thread_time() - self._started_cpu
+        self.longest[generation] = max(self.longest[generation], pause)
+        self.longest_cpu[generation] = max(self.longest_cpu[generation], cpu)
+        self.count[generation] += 1
+
+
 def measure_steps(env: dict[str, str], n: int, duration: float, freeze: bool) -> dict[str, Any]:
     timer = StepTimer(freeze=freeze)
-    asyncio.run(run_async(env, n, duration, timer))
-    gc.unfreeze()
+    pauses = GCPauses()
+    gc.callbacks.append(pauses)
+    try:
+        result = asyncio.run(run_async(env, n, duration, timer))
+    finally:
+        gc.callbacks.remove(pauses)
+        gc.unfreeze()
     suffix = "_frozen" if freeze else ""
     return {
         f"step_max_ms{suffix}": round(1000 * timer.max_wall, 2),
         f"step_cpu_max_ms{suffix}": round(1000 * timer.max_cpu, 2),
         f"slowest_step{suffix}": timer.slowest,
+        f"late_max_ms_steps_run{suffix}": result["late_max_ms"],
+        # The longest full (generation 2) collection, and how many ran in the timed window.
+        f"gc2_max_ms{suffix}": round(1000 * pauses.longest[2], 2),
+        f"gc2_cpu_max_ms{suffix}": round(1000 * pauses.longest_cpu[2], 2),
+        f"gc2_count{suffix}": pauses.count[2],
+        f"gc01_max_ms{suffix}": round(1000 * max(pauses.longest[:2]), 2),
+        f"gc01_cpu_max_ms{suffix}": round(1000 * max(pauses.longest_cpu[:2]), 2),
     }
 
 
-def best_of(repeat: int, run: Callable[[], dict[str, float]]) -> dict[str, float]:
-    results = [run() for _ in range(repeat)]
-    return max(results, key=lambda r: r["commands_per_s"])
+def best_of(
+    repeat: int, runs: dict[str, Callable[[], dict[str, float]]]
+) -> dict[str, dict[str, float]]:
+    """The best run of each API, the APIs alternating (sync, async, sync, async...), so a
+    neighbour's load on the shared machine falls on both alike."""
+    results: dict[str, list[dict[str, float]]] = {api: [] for api in runs}
+    for _ in range(repeat):
+        for api, run in runs.items():
+            results[api].append(run())
+    return {api: max(rs, key=lambda r: r["commands_per_s"]) for api, rs in results.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,28 +260,22 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     try:
         for n in [int(c) for c in args.concurrency.split(",")]:
+
+            def env_of(database: PostgresDatabase) -> dict[str, str]:
+                return {"PERSISTENCE_MODULE": "eventsourcing.postgres", **database.env, **POOL}
+
+            def one_run(api: str, n: int = n) -> dict[str, float]:
+                with PostgresDatabase.create(server) as database:
+                    if api == "sync":
+                        return run_sync(env_of(database), n, args.duration)
+                    return asyncio.run(run_async(env_of(database), n, args.duration))
+
+            best = best_of(args.repeat, {api: partial(one_run, api) for api in ("sync", "async")})
             for api in ("sync", "async"):
-
-                def one_run(api: str = api, n: int = n) -> dict[str, float]:
-                    with PostgresDatabase.create(server) as database:
-                        env = {
-                            "PERSISTENCE_MODULE": "eventsourcing.postgres",
-                            **database.env,
-                            **POOL,
-                        }
-                        if api == "sync":
-                            return run_sync(env, n, args.duration)
-                        return asyncio.run(run_async(env, n, args.duration))
-
-                result: dict[str, Any] = dict(best_of(args.repeat, one_run))
+                result: dict[str, Any] = dict(best[api])
                 for freeze in (False, True) if api == "async" else ():
                     with PostgresDatabase.create(server) as database:
-                        env = {
-                            "PERSISTENCE_MODULE": "eventsourcing.postgres",
-                            **database.env,
-                            **POOL,
-                        }
-                        result.update(measure_steps(env, n, args.duration, freeze))
+                        result.update(measure_steps(env_of(database), n, args.duration, freeze))
                 rows.append({"api": api, "concurrency": n, **result})
                 print(json.dumps(rows[-1]), flush=True)
     finally:
@@ -253,8 +291,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| concurrency | sync commands/s | async commands/s | async/sync | sync p50/p99 ms "
         "| async p50/p99 ms | wake-up late max/p99 ms | longest step wall/CPU ms "
-        "| same, gc.freeze() after start-up |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| longest full gc wall/CPU ms | same, gc.freeze() after start-up: step, full gc |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in sorted({r["concurrency"] for r in rows}):
         s, a = by[("sync", n)], by[("async", n)]
@@ -263,7 +301,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{a['commands_per_s'] / s['commands_per_s']:.2f} | {s['p50_ms']}/{s['p99_ms']} | "
             f"{a['p50_ms']}/{a['p99_ms']} | {a['late_max_ms']}/{a['late_p99_ms']} | "
             f"{a['step_max_ms']}/{a['step_cpu_max_ms']} | "
-            f"{a['step_max_ms_frozen']}/{a['step_cpu_max_ms_frozen']} |"
+            f"{a['gc2_max_ms']}/{a['gc2_cpu_max_ms']} ({a['gc2_count']}x) | "
+            f"{a['step_max_ms_frozen']}/{a['step_cpu_max_ms_frozen']}, "
+            f"{a['gc2_max_ms_frozen']}/{a['gc2_cpu_max_ms_frozen']} |"
         )
     return "\n".join(lines)
 
