@@ -269,6 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{ENV_PREFIX}SYSTEM"
             )
         system = load_system(args.system)
+        if isinstance(system, AsyncSystem) and args.command != "run":
+            raise _UsageError(
+                f"{args.command} works on a System of sync applications, and {args.system!r} "
+                "is an AsyncSystem: name a System of sync classes with the same names (they "
+                "read the same tables), or see `run` for async followers"
+            )
         command: Callable[[argparse.Namespace, System], int] = {
             "run": _run, "status": _status, **COMMANDS
         }[args.command]  # fmt: skip

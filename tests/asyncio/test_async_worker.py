@@ -238,3 +238,12 @@ def test_a_policy_error_exits_3_recording_nothing(tmp_path: Path) -> None:
     with sqlite3.connect(env["BROKEN_SQLITE_DBNAME"]) as conn:
         tracked = conn.execute("SELECT count(*) FROM tracking WHERE application_name = 'DogSchool'")
         assert tracked.fetchone()[0] == 0
+
+
+def test_other_commands_refuse_an_async_system_with_a_hint(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from runners.cli import main
+
+    assert main(["status", SYSTEM]) == 2
+    assert "is an AsyncSystem: name a System of sync classes" in capsys.readouterr().err
