@@ -40,7 +40,15 @@ class Broken(AsyncProcessApplication[UUID]):
         raise ValueError("this policy always fails")
 
 
+class Slow(AsyncProcessApplication[UUID]):
+    """A follower whose policy takes ``SLOW_POLICY_SECONDS`` over each event."""
+
+    async def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
+        await asyncio.sleep(float(os.environ["SLOW_POLICY_SECONDS"]))
+
+
 failing_system = AsyncSystem(pipes=[[DogSchool, Broken]])
+slow_system = AsyncSystem(pipes=[[DogSchool, Slow]])
 
 
 class Worker:
@@ -247,3 +255,25 @@ def test_other_commands_refuse_an_async_system_with_a_hint(
 
     assert main(["status", SYSTEM]) == 2
     assert "is an AsyncSystem: name a System of sync classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("seconds", "signals", "code", "tracked"), [(1.5, 1, 0, 1), (60, 2, 5, 0)])
+def test_sigterm_finishes_the_batch_in_hand_and_a_second_one_exits_5_at_once(
+    tmp_path: Path, seconds: float, signals: int, code: int, tracked: int
+) -> None:
+    env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SLOW_POLICY_SECONDS": str(seconds),
+           "DOGSCHOOL_SQLITE_DBNAME": str(tmp_path / "dogschool.sqlite"),
+           "SLOW_SQLITE_DBNAME": str(tmp_path / "slow.sqlite")}  # fmt: skip
+    write_sync(env, dogs=1, tricks=0)
+    system = "test_async_worker:slow_system"
+    worker = Worker(env, tmp_path / "slow.log", system=system, app="Slow").start()
+    worker.wait_for("holding the lease")
+    time.sleep(0.5)  # the policy is busy with notification 1
+    assert worker.process is not None
+    for _ in range(signals):
+        worker.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+    assert worker.process.wait(30) == code, worker.text()
+    with sqlite3.connect(env["SLOW_SQLITE_DBNAME"]) as conn:
+        rows = conn.execute("SELECT count(*) FROM tracking WHERE application_name = 'DogSchool'")
+        assert rows.fetchone()[0] == tracked
