@@ -55,7 +55,7 @@ BEGIN, END = "<!-- DCB -->", "<!-- /DCB -->"
 WORKLOADS = ("enrol", "append", "read", "save", "update")
 BACKENDS = ("popo", "postgres", "sqlite")
 # Operations per measured run, by backend (PostgreSQL commits are durable: about 1 ms each).
-SIZES = {"popo": 4000, "sqlite": 1000, "postgres": 1000}
+SIZES = {"popo": 2000, "sqlite": 1000, "postgres": 1000}
 TYPES = ["CourseRegistered", "StudentRegistered", "StudentJoinedCourse"]
 
 
