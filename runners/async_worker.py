@@ -33,8 +33,9 @@ from eventsourcing.asyncio import AsyncApplication, AsyncProcessApplication, Asy
 from eventsourcing.persistence import IntegrityError, Notification, PersistenceError
 from eventsourcing.utils import Environment, EnvType
 from runners.errors import ConfigurationError, PolicyError
+from runners.exit_codes import EXIT_OK
 from runners.lease import Lease, lease_for
-from runners.worker import EXIT_OK, POLL_INTERVAL, Backoff, handle_stop_signals
+from runners.worker import POLL_INTERVAL, Backoff, handle_stop_signals
 
 __all__ = ["AsyncWorker", "run_async_workers"]
 
@@ -87,7 +88,7 @@ class AsyncWorker:
         return self._stopping is not None and self._stopping.is_set()
 
     async def run(self) -> int:
-        """Open, process until stopped, close; return :data:`~runners.worker.EXIT_OK`.
+        """Open, process until stopped, close; return :data:`~runners.exit_codes.EXIT_OK`.
 
         Raises :class:`~runners.errors.PolicyError` when a policy fails, and the library's
         errors when a database can't be reached at start-up.

@@ -58,6 +58,7 @@ from runners.errors import (
     UnknownApplicationNameError,
     did_you_mean,
 )
+from runners.exit_codes import EXIT_FORCED, EXIT_OK, EXIT_PROCESSING_ERROR
 from runners.lag import follower_lag
 from runners.lease import Lease, lease_for
 from runners.metrics import WorkerMetrics
@@ -73,12 +74,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK = 0
-#: A policy (or decoding) error stopped the worker; nothing of the failed batch was recorded.
-EXIT_PROCESSING_ERROR = 3
-#: A second SIGTERM/SIGINT: exited at once, without finishing the batch (it was rolled back).
-EXIT_FORCED = 5
 
 POLL_INTERVAL = 1.0  # seconds between reads of the leaders' logs without a prompt
 PROGRESS_THRESHOLD = 1000  # notifications behind at start that deserve a progress bar
