@@ -47,7 +47,7 @@ from eventsourcing.deadletters import (
 )
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from eventsourcing.projection import processing_failure
-from eventsourcing.system import Follower, System, _LeaderFeed
+from eventsourcing.system import Follower, LeaderFeed, System
 from eventsourcing.system.failures import WORKER_DEFAULT, ErrorPolicy, FeedObserver
 from eventsourcing.utils import Environment, EnvType
 from runners.errors import (
@@ -104,7 +104,7 @@ class _Follower:
 
     app: Follower[Any]
     leaders: dict[str, Application[Any]]
-    feeds: dict[str, _LeaderFeed[Any]] = field(default_factory=dict)
+    feeds: dict[str, LeaderFeed[Any]] = field(default_factory=dict)
     lease: Lease | None = None
     active: bool = False
     # Leaders whose backlog is measured (for a progress bar) on the next catch-up.
@@ -324,9 +324,9 @@ class Worker:
         entry.measure_backlog = set(entry.feeds)
         self._read_control(entry)
 
-    def _new_feed(self, entry: _Follower, leader: str) -> _LeaderFeed[Any]:
+    def _new_feed(self, entry: _Follower, leader: str) -> LeaderFeed[Any]:
         position = entry.app.recorder.max_tracking_id(leader)
-        feed: _LeaderFeed[Any] = _LeaderFeed(entry.app, leader, position)
+        feed: LeaderFeed[Any] = LeaderFeed(entry.app, leader, position)
         feed.wait = self._stopping.wait  # a retry's delay ends when the worker stops
         if self.metrics is not None:
             feed.observer = _MeteredObserver(self.metrics)
@@ -382,7 +382,7 @@ class Worker:
                     left = True
         return left
 
-    def _process_feed(self, entry: _Follower, feed: _LeaderFeed[Any]) -> bool:
+    def _process_feed(self, entry: _Follower, feed: LeaderFeed[Any]) -> bool:
         """Catch ``feed`` up, batch by batch; False if it stopped before the end."""
         interrupted = False
         done_before = feed.position or 0
@@ -428,7 +428,7 @@ class Worker:
             logger.warning("%s: lost the lease (%s); standing by", entry.name, _d(entry.lease))
         return not interrupted
 
-    def _backlog_total(self, entry: _Follower, feed: _LeaderFeed[Any]) -> int:
+    def _backlog_total(self, entry: _Follower, feed: LeaderFeed[Any]) -> int:
         """The backlog to show a progress bar for (0: no bar)."""
         if self.progress is None or feed.leader_name not in entry.measure_backlog:
             return 0
@@ -453,7 +453,7 @@ class Worker:
         entry.active = False  # re-read positions when it resumes
 
     def _processing_failed(
-        self, entry: _Follower, feed: _LeaderFeed[Any], error: Exception
+        self, entry: _Follower, feed: LeaderFeed[Any], error: Exception
     ) -> PolicyError:
         notes = " ".join(getattr(error, "__notes__", ()))
         failure = processing_failure(error)

@@ -59,6 +59,7 @@ from eventsourcing.system.feed import (
     CONVERT as CONVERT,
     PROCESS as PROCESS,
     PULL as PULL,
+    LeaderFeed as LeaderFeed,
     _LeaderFeed as _LeaderFeed,
 )
 from eventsourcing.system.runners import (
@@ -86,6 +87,7 @@ __all__ = [
     "EventProcessingError",
     "Follower",
     "Leader",
+    "LeaderFeed",
     "MultiThreadedRunner",
     "MultiThreadedRunnerThread",
     "NewMultiThreadedRunner",

@@ -1,12 +1,20 @@
 """One follower's progress through one leader's log: the single implementation of every
-runner."""
+runner.
+
+A :class:`LeaderFeed` is what the in-process runners, the threads of the threaded runners
+and the out-of-process workers (:mod:`runners.worker`) share: give it prompts
+(:meth:`~LeaderFeed.receive`, :meth:`~LeaderFeed.request_catch_up`) from any thread, and
+have one thread at a time :meth:`~LeaderFeed.process_pending`. Its ``observer`` (a
+:class:`~eventsourcing.system.failures.FeedObserver`) is told of what it records and of the
+failures it deals with.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, cast
+from typing import TYPE_CHECKING, Any, Generic, cast
 
 from eventsourcing.deadletters import (
     DISCARDED,
@@ -28,14 +36,19 @@ from eventsourcing.persistence import (
 from eventsourcing.projection import ProcessingJob, processing_failure
 from eventsourcing.system.failures import RETRY, SKIP, STOP, FeedObserver
 from eventsourcing.system.prompts import RecordingEvent
-from eventsourcing.system.roles import Follower
 from eventsourcing.utils import get_topic
+
+if TYPE_CHECKING:
+    # Only annotated: roles.py imports this module (Follower.pull_and_process is a feed).
+    from eventsourcing.system.roles import Follower
+
+__all__ = ["CONVERT", "PROCESS", "PULL", "LeaderFeed"]
 
 # The stages of processing, which the threaded runners report their errors by.
 PULL, CONVERT, PROCESS = "pull", "convert", "process"
 
 
-class _LeaderFeed(Generic[TAggregateID]):
+class LeaderFeed(Generic[TAggregateID]):
     """One follower's progress through one leader's log, and how it is advanced.
 
     ``position`` is the last notification id processed (or passed over as not of the
@@ -74,14 +87,8 @@ class _LeaderFeed(Generic[TAggregateID]):
         # 9.5.6's runners have the follower pull_and_process() on every prompt: an
         # override of it is called so (and an override of pull_notifications() for every
         # event), with nothing delivered kept.
-        follower_cls = type(follower)
-        self.calls_pull_and_process = (
-            as_read and follower_cls.pull_and_process is not Follower.pull_and_process
-        )
-        overrides_pull = (
-            follower_cls.pull_notifications is not Follower.pull_notifications
-            or self.calls_pull_and_process
-        )
+        self.calls_pull_and_process = as_read and follower.overrides_pull_and_process
+        overrides_pull = follower.overrides_pull_notifications or self.calls_pull_and_process
         self.keep_recordings = keep_recordings and not (as_read and overrides_pull)
         self.as_read = as_read
         self.max_inbox = max_inbox
@@ -413,7 +420,7 @@ class _LeaderFeed(Generic[TAggregateID]):
 class _Parking(Generic[TAggregateID]):
     """A feed's dead letters: holding back jobs of parked originators, parking, retrying."""
 
-    def __init__(self, feed: _LeaderFeed[TAggregateID]) -> None:
+    def __init__(self, feed: LeaderFeed[TAggregateID]) -> None:
         self.feed = feed
         self.originators = feed.follower.parked_originators
         self._in_use: bool | None = None
@@ -546,3 +553,7 @@ def _id_of(item: ProcessingJob[Any] | DeadLetter) -> int:
 def _sleep(seconds: float) -> bool:
     time.sleep(seconds)
     return False
+
+
+#: The name the feed had before it was public (``runners.control`` still uses it).
+_LeaderFeed = LeaderFeed

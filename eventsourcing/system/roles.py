@@ -23,6 +23,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.projection import EventSourcedProjection, ProcessingJob
 from eventsourcing.system.failures import IN_PROCESS_DEFAULT, ErrorPolicy, ParkedOriginators
+from eventsourcing.system.feed import LeaderFeed
 from eventsourcing.system.prompts import RecordingEvent, RecordingEventReceiver
 from eventsourcing.system.reader import NotificationLogReader
 from eventsourcing.utils import EnvType
@@ -119,9 +120,19 @@ class Follower(EventSourcedProjection[TAggregateID]):
         """
         if start is None:
             start = self.recorded_position(leader_name)
-        from eventsourcing.system.feed import _LeaderFeed  # here: that module imports this one
+        LeaderFeed(self, leader_name, start).catch_up(stop=stop)
 
-        _LeaderFeed(self, leader_name, start).catch_up(stop=stop)
+    @property
+    def overrides_pull_and_process(self) -> bool:
+        """Whether this class overrides :meth:`pull_and_process` (9.5.6's runners call it
+        on every prompt, so a :class:`~eventsourcing.system.feed.LeaderFeed` does too)."""
+        return type(self).pull_and_process is not Follower.pull_and_process
+
+    @property
+    def overrides_pull_notifications(self) -> bool:
+        """Whether this class overrides :meth:`pull_notifications` (a feed then reads the
+        log through it, rather than using the events a prompt delivers)."""
+        return type(self).pull_notifications is not Follower.pull_notifications
 
     def process_event(
         self, domain_event: DomainEventProtocol[TAggregateID], tracking: Tracking

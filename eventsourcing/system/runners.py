@@ -21,7 +21,7 @@ from eventsourcing.system.errors import (
     RunnerAlreadyStartedError,
     UnknownApplicationError,
 )
-from eventsourcing.system.feed import CONVERT, PROCESS, PULL, _LeaderFeed
+from eventsourcing.system.feed import CONVERT, PROCESS, PULL, LeaderFeed
 from eventsourcing.system.prompts import RecordingEvent, RecordingEventReceiver
 from eventsourcing.system.roles import Follower, Leader
 from eventsourcing.utils import EnvType
@@ -99,7 +99,7 @@ class _InProcessRunner(Runner[TAggregateID]):
     """
 
     # Feeds process the notifications prompts deliver as if read from the log (see
-    # _LeaderFeed); the New runners process the delivered domain events themselves.
+    # LeaderFeed); the New runners process the delivered domain events themselves.
     keep_recordings: ClassVar[bool] = True
     as_read: ClassVar[bool] = True
     QUEUE_MAX_SIZE: ClassVar[int] = 0  # events held per feed; 0 means 10,000
@@ -108,8 +108,8 @@ class _InProcessRunner(Runner[TAggregateID]):
         """Construct every application of ``system``."""
         super().__init__(system, env)
         self.apps: dict[str, Application[Any]] = {}
-        self._feeds: dict[str, list[_LeaderFeed[Any]]] = {}
-        self._feeds_by_leader: dict[str, list[_LeaderFeed[Any]]] = {}
+        self._feeds: dict[str, list[LeaderFeed[Any]]] = {}
+        self._feeds_by_leader: dict[str, list[LeaderFeed[Any]]] = {}
         self._construct_apps()
 
     def _construct_apps(self) -> None:
@@ -150,7 +150,7 @@ class _InProcessRunner(Runner[TAggregateID]):
             leader = self._leader(leader_name)
             follower = cast("Follower[Any]", self.apps[follower_name])
             follower.follow(leader_name, leader.notification_log)
-            feed: _LeaderFeed[Any] = _LeaderFeed(
+            feed: LeaderFeed[Any] = LeaderFeed(
                 follower,
                 leader_name,
                 follower.recorder.max_tracking_id(leader_name),
@@ -304,7 +304,7 @@ class MultiThreadedRunnerThread(RecordingEventReceiver[TAggregateID], threading.
         follower: Follower[Any],
         has_errored: threading.Event,
         *,
-        feeds: Sequence[_LeaderFeed[Any]] | None = None,
+        feeds: Sequence[LeaderFeed[Any]] | None = None,
         error_classes: Mapping[str, type[Exception]] | None = None,
         leaders: Sequence[Leader[Any]] = (),
     ):
@@ -323,7 +323,7 @@ class MultiThreadedRunnerThread(RecordingEventReceiver[TAggregateID], threading.
         self.is_prompted = threading.Event()
         if feeds is None:
             feeds = [
-                _LeaderFeed(follower, name, follower.recorder.max_tracking_id(name))
+                LeaderFeed(follower, name, follower.recorder.max_tracking_id(name))
                 for name in follower.readers
             ]
         self.feeds = {feed.leader_name: feed for feed in feeds}
@@ -335,7 +335,7 @@ class MultiThreadedRunnerThread(RecordingEventReceiver[TAggregateID], threading.
     def run(self) -> None:
         """Wait for prompts and process the feeds, until stopped or failed."""
         self.has_started.set()
-        feed: _LeaderFeed[Any] | None = None
+        feed: LeaderFeed[Any] | None = None
         should_stop = self.is_stopping.is_set
         try:
             while True:
