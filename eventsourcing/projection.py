@@ -429,8 +429,7 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
             try:
                 policy(domain_event, processing_event)
             except Exception as error:
-                error.add_note(_policy_failure_note(self.name, domain_event, tracking, jobs))
-                _mark_failure(error, ProcessingFailure(self.name, tracking, domain_event))
+                ProcessingFailure.of(self.name, domain_event, tracking, jobs).attach(error)
                 raise
 
     def _record_batch(
@@ -486,14 +485,33 @@ def _batch_tracking(jobs: Sequence[ProcessingJob[Any]], tracking: Tracking) -> T
 
 
 class ProcessingFailure(NamedTuple):
-    """Where a policy raised: the follower, the notification's tracking record, the event.
+    """Where a policy raised: the follower, the notification's tracking record, the event,
+    and the batch the event was processed in (rolled back as a whole).
 
-    Attached to the error the policy raised; :func:`processing_failure` reads it.
+    :meth:`attach` gives it to the error the policy raised, with a note saying the same in
+    words; :func:`processing_failure` reads it back, so that whoever deals with the error
+    (a runner's feed, a worker) reads these attributes rather than the note.
     """
 
     follower_name: str
     tracking: Tracking
     domain_event: Any
+    batch_size: int = 1
+    batch_first_id: int | None = None
+    batch_last_id: int | None = None
+
+    @classmethod
+    def of(
+        cls,
+        follower_name: str,
+        domain_event: DomainEventProtocol[Any],
+        tracking: Tracking,
+        jobs: Sequence[ProcessingJob[Any]],
+    ) -> ProcessingFailure:
+        """The failure of ``follower_name``'s policy on ``domain_event`` (at ``tracking``),
+        processed in the batch ``jobs``."""
+        first, last = jobs[0][1].notification_id, jobs[-1][1].notification_id
+        return cls(follower_name, tracking, domain_event, len(jobs), first, last)
 
     @property
     def leader_name(self) -> str:
@@ -505,47 +523,53 @@ class ProcessingFailure(NamedTuple):
         """The notification's id in the leader's log."""
         return self.tracking.notification_id
 
+    @property
+    def originator_id(self) -> Any:
+        """The id of the aggregate the event belongs to (None if the event has none)."""
+        return getattr(self.domain_event, "originator_id", None)
+
+    @property
+    def originator_version(self) -> Any:
+        """The event's version of its aggregate (None if the event has none)."""
+        return getattr(self.domain_event, "originator_version", None)
+
+    @property
+    def event_name(self) -> str:
+        """The event's class, as ``module.QualifiedName``."""
+        event_cls = type(self.domain_event)
+        return f"{event_cls.__module__}.{event_cls.__qualname__}"
+
+    @property
+    def note(self) -> str:
+        """Where the policy failed, and what became of its batch, in words."""
+        note = (
+            f"Policy of {self.follower_name!r} raised while processing notification "
+            f"{self.notification_id} of {self.leader_name!r}: {self.event_name} event of "
+            f"originator {self.originator_id} at version {self.originator_version}."
+        )
+        if self.batch_size > 1:
+            return note + (
+                f" The whole batch of {self.batch_size} notifications (ids "
+                f"{self.batch_first_id} to {self.batch_last_id}) was rolled back: none of "
+                "it was recorded, and it will be processed again."
+            )
+        return note + " Nothing was recorded; the notification will be processed again."
+
+    def attach(self, error: BaseException) -> None:
+        """Give this failure to ``error``, the error the policy raised, with its note."""
+        error.add_note(self.note)
+        # Exceptions with __slots__ can't carry it: their failure is then found by retrying.
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(error, _FAILURE_ATTRIBUTE, self)
+
 
 _FAILURE_ATTRIBUTE = "_eventsourcing_processing_failure"
-
-
-def _mark_failure(error: BaseException, failure: ProcessingFailure) -> None:
-    # Exceptions with __slots__ can't carry it: their failure is then found by retrying.
-    with contextlib.suppress(AttributeError, TypeError):
-        setattr(error, _FAILURE_ATTRIBUTE, failure)
 
 
 def processing_failure(error: BaseException) -> ProcessingFailure | None:
     """Where the policy that raised ``error`` failed, if it was a follower's policy."""
     failure = getattr(error, _FAILURE_ATTRIBUTE, None)
     return failure if isinstance(failure, ProcessingFailure) else None
-
-
-def _policy_failure_note(
-    name: str,
-    domain_event: DomainEventProtocol[Any],
-    tracking: Tracking,
-    jobs: Sequence[ProcessingJob[Any]],
-) -> str:
-    """Describe where a policy failed, and what became of its batch."""
-    event_cls = type(domain_event)
-    originator_id = getattr(domain_event, "originator_id", None)
-    originator_version = getattr(domain_event, "originator_version", None)
-    note = (
-        f"Policy of {name!r} raised while processing notification "
-        f"{tracking.notification_id} of {tracking.application_name!r}: "
-        f"{event_cls.__module__}.{event_cls.__qualname__} event of originator "
-        f"{originator_id} at version {originator_version}."
-    )
-    if len(jobs) > 1:
-        note += (
-            f" The whole batch of {len(jobs)} notifications (ids "
-            f"{jobs[0][1].notification_id} to {jobs[-1][1].notification_id}) was rolled "
-            "back: none of it was recorded, and it will be processed again."
-        )
-    else:
-        note += " Nothing was recorded; the notification will be processed again."
-    return note
 
 
 TApplication = TypeVar("TApplication")

@@ -252,12 +252,12 @@ async def _lease_target(app: AsyncProcessApplication[Any]) -> Any:
 def _policy_error(
     entry: _AsyncFollower, leader_name: str, batch: Sequence[Notification], error: Exception
 ) -> PolicyError:
-    """The error that stops the worker (logged): which batch, and the policy's note."""
-    notes = " ".join(getattr(error, "__notes__", ()))
-    cause = f"{type(error).__name__}: {error}"
+    """The error that stops the worker (logged): where the policy failed (or, if it wasn't
+    the policy that raised, which batch), and the policy's note."""
     where = f"in the batch {batch[0].id}-{batch[-1].id}"
-    failed = PolicyError(entry.app.name, leader_name, batch[0].id, where, cause)
-    logger.error("%s stopped: %s %s", entry.app.name, failed, notes)
+    name = entry.app.name
+    failed = PolicyError.from_error(name, leader_name, error, unknown_id=batch[0].id, unknown=where)
+    logger.error("%s stopped: %s %s", name, failed, " ".join(failed.notes))
     return failed
 
 

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.projection import processing_failure
 
 __all__ = [
     "ConfigurationError",
@@ -74,18 +77,55 @@ class PolicyError(RunnerError):
     """A follower's policy raised while processing a leader's notification.
 
     Nothing of the batch was recorded; the worker stops, since processing it again would
-    fail again until the code or the data is fixed.
+    fail again until the code or the data is fixed. The facts are attributes:
+    ``follower``, ``leader_name`` (also ``leader``), ``notification_id``, ``event`` (the
+    event's class name, or where in the log it failed when the event isn't known),
+    ``domain_event``, ``originator_id`` and ``originator_version`` (None when not known),
+    and ``notes``, the notes of the error the policy raised, in words.
     """
 
-    def __init__(self, follower: str, leader: str, notification_id: int, event: str, cause: str):
+    def __init__(
+        self,
+        follower: str,
+        leader: str,
+        notification_id: int,
+        event: str,
+        cause: str,
+        *,
+        domain_event: Any = None,
+        notes: Sequence[str] = (),
+    ):
         """Describe the failure of ``follower``'s policy on ``leader``'s notification."""
         self.follower = follower
-        self.leader = leader
+        self.leader = self.leader_name = leader
         self.notification_id = notification_id
         self.event = event
+        self.domain_event = domain_event
+        self.originator_id = getattr(domain_event, "originator_id", None)
+        self.originator_version = getattr(domain_event, "originator_version", None)
+        self.notes = tuple(notes)
         super().__init__(
             f"The policy of {follower!r} failed on {leader} notification {notification_id} "
             f"({event}): {cause}"
+        )
+
+    @classmethod
+    def from_error(
+        cls, follower: str, leader: str, error: BaseException, *, unknown_id: int, unknown: str
+    ) -> PolicyError:
+        """The PolicyError of ``error``, raised processing ``leader``'s notifications: where
+        the policy says it failed or, for an error not raised by the policy (decoding, a
+        conflict of its new events), notification ``unknown_id`` and ``unknown`` event."""
+        failure = processing_failure(error)
+        if failure is None:
+            notification_id, event, domain_event = unknown_id, unknown, None
+        else:
+            notification_id, event = failure.notification_id, failure.event_name
+            domain_event = failure.domain_event
+        cause = f"{type(error).__name__}: {error}"
+        notes = getattr(error, "__notes__", ())
+        return cls(
+            follower, leader, notification_id, event, cause, domain_event=domain_event, notes=notes
         )
 
 

@@ -46,7 +46,6 @@ from eventsourcing.deadletters import (
     FollowerStateRecorder,
 )
 from eventsourcing.persistence import IntegrityError, PersistenceError
-from eventsourcing.projection import processing_failure
 from eventsourcing.system import Follower, LeaderFeed, System
 from eventsourcing.system.failures import WORKER_DEFAULT, ErrorPolicy, FeedObserver
 from eventsourcing.utils import Environment, EnvType
@@ -455,17 +454,13 @@ class Worker:
     def _processing_failed(
         self, entry: _Follower, feed: LeaderFeed[Any], error: Exception
     ) -> PolicyError:
-        notes = " ".join(getattr(error, "__notes__", ()))
-        failure = processing_failure(error)
-        if failure is not None:
-            number = failure.notification_id
-            cls = type(failure.domain_event)
-            event = f"{cls.__module__}.{cls.__qualname__}"
-        else:  # not raised by the policy (decoding, or a conflict of its new events)
-            number, event = (feed.position or 0) + 1, "unknown event"
-        cause = f"{type(error).__name__}: {error}"
-        failed = PolicyError(entry.name, feed.leader_name, number, event, cause)
-        logger.error("%s stopped: %s %s", entry.name, failed, notes)
+        # The next notification, if the policy didn't raise (decoding, or a conflict of
+        # its new events).
+        next_id = (feed.position or 0) + 1
+        failed = PolicyError.from_error(
+            entry.name, feed.leader_name, error, unknown_id=next_id, unknown="unknown event"
+        )
+        logger.error("%s stopped: %s %s", entry.name, failed, " ".join(failed.notes))
         return failed
 
     def _measure_positions(self, entry: _Follower) -> None:

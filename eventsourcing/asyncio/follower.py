@@ -30,7 +30,7 @@ from eventsourcing.persistence import (
     Recording,
     Tracking,
 )
-from eventsourcing.projection import ProcessingJob, _batch_tracking, _policy_failure_note
+from eventsourcing.projection import ProcessingFailure, ProcessingJob, _batch_tracking
 from eventsourcing.utils import EnvType
 
 __all__ = ["AsyncProcessApplication"]
@@ -189,7 +189,7 @@ class AsyncProcessApplication(AsyncApplication[TAggregateID]):
                 if inspect.isawaitable(result):
                     await result
             except Exception as error:
-                error.add_note(_policy_failure_note(self.name, domain_event, tracking, jobs))
+                ProcessingFailure.of(self.name, domain_event, tracking, jobs).attach(error)
                 raise
 
     @singledispatchmethod
