@@ -18,10 +18,15 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from eventsourcing.deadletters import SKIPPED, DeadLetter
+from eventsourcing.persistence import Recording
 from runners.errors import ConfigurationError
+from runners.lag import Lag
+from runners.observer import WorkerObserver
 
 __all__ = [
     "UNHEALTHY_AFTER",
@@ -46,47 +51,19 @@ def require_prometheus() -> Any:
     return prometheus_client
 
 
-class WorkerMetrics:
-    """What a worker reports: its own registry of metrics, and its health."""
+class WorkerMetrics(WorkerObserver):
+    """What a worker reports: its own registry of metrics, and its health.
+
+    It is the worker's observer (see :mod:`runners.observer`): the worker's hooks below
+    update the metrics.
+    """
 
     def __init__(self, unhealthy_after: float = UNHEALTHY_AFTER) -> None:
         """Fail liveness after ``unhealthy_after`` seconds of database errors or no loop."""
         prom = require_prometheus()
         self.unhealthy_after = unhealthy_after
         self.registry = prom.CollectorRegistry()
-        fl = ["follower", "leader"]
-
-        def make(kind: str, name: str, doc: str, labels: list[str], **kw: Any) -> Any:
-            return getattr(prom, kind)(name, doc, labels, registry=self.registry, **kw)
-
-        self.notifications = make("Counter", "eventsourcing_notifications_processed",
-                                  "Notifications of a leader processed", fl)  # fmt: skip
-        self.events = make("Counter", "eventsourcing_events_recorded",
-                           "Events recorded by a follower's policy", ["follower"])  # fmt: skip
-        self.batches = make("Histogram", "eventsourcing_batch_duration_seconds",
-                            "Time to process and record a batch", fl)  # fmt: skip
-        self.tracked = make("Gauge", "eventsourcing_tracked_position",
-                            "Last notification id of the leader processed", fl)  # fmt: skip
-        self.leader_position = make("Gauge", "eventsourcing_leader_position",
-                                    "Last notification id in the leader's log", fl)  # fmt: skip
-        self.lag = make("Gauge", "eventsourcing_lag",
-                        "Notifications of the leader not yet processed", fl)  # fmt: skip
-        self.last_batch = make("Gauge", "eventsourcing_last_batch_timestamp_seconds",
-                               "Unix time the last batch was committed", ["follower"])  # fmt: skip
-        self.lease_held = make("Gauge", "eventsourcing_lease_held",
-                               "1 if this worker holds the lease", ["follower"])  # fmt: skip
-        self.db_errors = make("Counter", "eventsourcing_database_errors",
-                              "Database errors the worker retried", ["follower"])  # fmt: skip
-        self.retries = make("Counter", "eventsourcing_policy_retries",
-                            "Retries of a notification whose policy raised", fl)  # fmt: skip
-        self.parked_count = make("Counter", "eventsourcing_notifications_parked",
-                                 "Notifications parked as dead letters", fl)  # fmt: skip
-        self.skipped = make("Counter", "eventsourcing_notifications_skipped",
-                            "Notifications whose policy failed, passed over", fl)  # fmt: skip
-        self.resolved_count = make("Counter", "eventsourcing_dead_letters_resolved",
-                                   "Dead letters retried and processed", fl)  # fmt: skip
-        self.paused_gauge = make("Gauge", "eventsourcing_paused",
-                                 "1 if the follower is paused", ["follower"])  # fmt: skip
+        self._make_metrics(prom)
         self._lock = threading.Lock()
         self._connected = False
         self._failing_since: dict[tuple[str, str], float] = {}
@@ -94,6 +71,80 @@ class WorkerMetrics:
         self._leases: dict[str, bool] = {}
         self._paused: set[str] = set()
         self._leader_last: dict[tuple[str, str], int] = {}
+
+    def _make_metrics(self, prom: Any) -> None:
+        """The metrics, in this worker's own registry."""
+        fl = ["follower", "leader"]
+        f = ["follower"]
+        counter, gauge = prom.Counter, prom.Gauge
+
+        def make(kind: Any, name: str, doc: str, labels: list[str]) -> Any:
+            return kind(name, doc, labels, registry=self.registry)
+
+        self.notifications = make(
+            counter,
+            "eventsourcing_notifications_processed",
+            "Notifications of a leader processed",
+            fl,
+        )
+        self.events = make(
+            counter, "eventsourcing_events_recorded", "Events recorded by a follower's policy", f
+        )
+        self.batches = make(
+            prom.Histogram,
+            "eventsourcing_batch_duration_seconds",
+            "Time to process and record a batch",
+            fl,
+        )
+        self.tracked = make(
+            gauge,
+            "eventsourcing_tracked_position",
+            "Last notification id of the leader processed",
+            fl,
+        )
+        self.leader_position = make(
+            gauge, "eventsourcing_leader_position", "Last notification id in the leader's log", fl
+        )
+        self.lag_gauge = make(
+            gauge, "eventsourcing_lag", "Notifications of the leader not yet processed", fl
+        )
+        self.last_batch = make(
+            gauge,
+            "eventsourcing_last_batch_timestamp_seconds",
+            "Unix time the last batch was committed",
+            f,
+        )
+        self.lease_held = make(
+            gauge, "eventsourcing_lease_held", "1 if this worker holds the lease", f
+        )
+        self.db_errors = make(
+            counter, "eventsourcing_database_errors", "Database errors the worker retried", f
+        )
+        self.retries = make(
+            counter,
+            "eventsourcing_policy_retries",
+            "Retries of a notification whose policy raised",
+            fl,
+        )
+        self.parked_count = make(
+            counter,
+            "eventsourcing_notifications_parked",
+            "Notifications parked as dead letters",
+            fl,
+        )
+        self.skipped = make(
+            counter,
+            "eventsourcing_notifications_skipped",
+            "Notifications whose policy failed, passed over",
+            fl,
+        )
+        self.resolved_count = make(
+            counter,
+            "eventsourcing_dead_letters_resolved",
+            "Dead letters retried and processed",
+            fl,
+        )
+        self.paused_gauge = make(gauge, "eventsourcing_paused", "1 if the follower is paused", f)
 
     # -- hooks called by the worker ------------------------------------------------------
 
@@ -117,9 +168,9 @@ class WorkerMetrics:
         self.batches.labels(follower, leader).observe(seconds)
         self.last_batch.labels(follower).set(time.time())
 
-    def events_recorded(self, follower: str, count: int) -> None:
-        """The follower's policy recorded ``count`` new events."""
-        self.events.labels(follower).inc(count)
+    def recorded(self, follower: str, leader: str, recordings: Sequence[Recording[Any]]) -> None:
+        """The follower's policy recorded ``recordings``."""
+        self.events.labels(follower).inc(len(recordings))
 
     def positions(
         self,
@@ -137,19 +188,34 @@ class WorkerMetrics:
             self._leader_last[(follower, leader)] = leader_last
         if lag is None:
             lag = self._leader_last.get((follower, leader), tracked) - tracked
-        self.lag.labels(follower, leader).set(max(0, lag))
+        self.lag_gauge.labels(follower, leader).set(max(0, lag))
 
-    def retried(self, follower: str, leader: str) -> None:
+    def lag(self, follower: str, leader: str, measure: Callable[[], Lag]) -> None:
+        """Measure how far behind the follower is, and set the positions and the lag."""
+        lag = measure()
+        self.positions(follower, leader, lag.tracked, lag.leader_last, lag.lag)
+
+    def retrying(
+        self,
+        follower: str,
+        leader: str,
+        notification_id: int,
+        attempt: int,
+        delay: float,
+        error: BaseException,
+    ) -> None:
         """A notification whose policy raised is to be retried."""
         self.retries.labels(follower, leader).inc()
 
-    def parked(self, follower: str, leader: str, *, skipped: bool = False) -> None:
-        """A notification was parked (or, with ``skipped``, recorded and passed over)."""
-        (self.skipped if skipped else self.parked_count).labels(follower, leader).inc()
+    def parked(self, follower: str, letter: DeadLetter) -> None:
+        """A notification was parked (or skipped: recorded and passed over)."""
+        skipped = letter.status == SKIPPED
+        counter = self.skipped if skipped else self.parked_count
+        counter.labels(follower, letter.leader_name).inc()
 
-    def resolved(self, follower: str, leader: str) -> None:
+    def resolved(self, follower: str, letter: DeadLetter) -> None:
         """A dead letter's retry was processed."""
-        self.resolved_count.labels(follower, leader).inc()
+        self.resolved_count.labels(follower, letter.leader_name).inc()
 
     def paused(self, follower: str, paused: bool) -> None:
         """Whether ``follower`` is paused (then the worker is not ready)."""

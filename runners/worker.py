@@ -34,20 +34,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import FrameType
 from typing import Any
 
 from eventsourcing.application import Application, PromptPublisher
-from eventsourcing.deadletters import (
-    PAUSE_ACKNOWLEDGED,
-    RETRYING,
-    SKIPPED,
-    DeadLetter,
-    FollowerStateRecorder,
-)
+from eventsourcing.deadletters import PAUSE_ACKNOWLEDGED, RETRYING, FollowerStateRecorder
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from eventsourcing.system import Follower, LeaderFeed, System
-from eventsourcing.system.failures import WORKER_DEFAULT, ErrorPolicy, FeedObserver
+from eventsourcing.system.failures import WORKER_DEFAULT, ErrorPolicy
 from eventsourcing.utils import Environment, EnvType
 from runners.errors import (
     ConfigurationError,
@@ -58,9 +53,10 @@ from runners.errors import (
     did_you_mean,
 )
 from runners.exit_codes import EXIT_FORCED, EXIT_OK, EXIT_PROCESSING_ERROR
-from runners.lag import follower_lag
+from runners.lag import Lag, follower_lag
 from runners.lease import Lease, lease_for
-from runners.metrics import WorkerMetrics
+from runners.observer import PROGRESS_THRESHOLD as PROGRESS_THRESHOLD
+from runners.observer import WorkerObserver, observer_of
 from runners.transports import PromptTransport, open_transport
 
 __all__ = [
@@ -75,7 +71,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0  # seconds between reads of the leaders' logs without a prompt
-PROGRESS_THRESHOLD = 1000  # notifications behind at start that deserve a progress bar
 METRICS_SCAN_LIMIT = 1000  # notifications of its topics a lag metric counts, at most
 
 
@@ -129,8 +124,11 @@ class Worker:
     overrides the one ``PROMPT_TRANSPORT`` names; ``use_lease=False`` skips the lease (for a
     runner that is sure to be alone). ``progress`` is called with ``(follower, leader,
     done, total)`` while catching up a backlog of over a thousand notifications.
-    ``metrics`` is told of batches, positions, leases, database errors and failures.
-    ``errors`` is the error policy of followers that set no ``FOLLOWER_ERRORS``.
+    ``metrics`` (a :class:`~runners.metrics.WorkerMetrics`) and ``observer`` are told of
+    batches, positions, leases, database errors and failures: the worker holds one
+    :class:`~runners.observer.WorkerObserver` for all of them (one that does nothing
+    without any). ``errors`` is the error policy of followers that set no
+    ``FOLLOWER_ERRORS``.
     """
 
     def __init__(
@@ -143,8 +141,9 @@ class Worker:
         transport: PromptTransport | None = None,
         use_lease: bool = True,
         progress: Callable[[str, str, int, int], None] | None = None,
-        metrics: WorkerMetrics | None = None,
+        metrics: WorkerObserver | None = None,
         errors: ErrorPolicy = WORKER_DEFAULT,
+        observer: WorkerObserver | None = None,
     ) -> None:
         """Prepare to process the followers ``names`` of ``system`` (nothing opens yet)."""
         self.system = system
@@ -153,8 +152,8 @@ class Worker:
         self.poll_interval = poll_interval
         self.transport = transport
         self.use_lease = use_lease
-        self.progress = progress
-        self.metrics = metrics
+        #: Told of everything the worker does (its metrics, its progress bars).
+        self.observer = observer_of(metrics, observer, progress=progress)
         self.errors = errors
         self.followers: list[_Follower] = []
         self._stopping = threading.Event()
@@ -182,10 +181,7 @@ class Worker:
                 for entry in self.followers:
                     if entry.app.prompt_publisher is None:
                         entry.app.prompt_publisher = PromptPublisher(self.transport)
-            if self.metrics is not None:
-                for entry in self.followers:
-                    _count_recorded_events(entry.app, self.metrics)
-                self.metrics.connected()
+            self.observer.connected()
         except BaseException:
             self.close()
             raise
@@ -279,8 +275,7 @@ class Worker:
     def _loop(self) -> None:
         next_poll = 0.0
         while not self.is_stopping:
-            if self.metrics is not None:
-                self.metrics.beat()
+            self.observer.beat()
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + self.poll_interval
                 for entry in self.followers:
@@ -297,8 +292,7 @@ class Worker:
         for entry in self.followers:
             lease = entry.lease
             held = lease is None or lease.check() or lease.try_acquire()
-            if self.metrics is not None:
-                self._measure_lease(entry, held)
+            self._measure_lease(entry, held)
             if held and not entry.active:
                 self._activate(entry)
             elif not held and entry.active:
@@ -308,9 +302,7 @@ class Worker:
     def _activate(self, entry: _Follower) -> None:
         """Start processing from the recorded positions (someone else may have moved them)."""
         try:
-            entry.feeds = {
-                leader: self._new_feed(entry, leader) for leader in entry.leaders
-            }
+            entry.feeds = {leader: self._new_feed(entry, leader) for leader in entry.leaders}
         except PersistenceError as error:
             self._database_trouble(entry, error)
             return
@@ -327,8 +319,7 @@ class Worker:
         position = entry.app.recorder.max_tracking_id(leader)
         feed: LeaderFeed[Any] = LeaderFeed(entry.app, leader, position)
         feed.wait = self._stopping.wait  # a retry's delay ends when the worker stops
-        if self.metrics is not None:
-            feed.observer = _MeteredObserver(self.metrics)
+        feed.observer = self.observer
         feed.request_catch_up()
         return feed
 
@@ -356,8 +347,7 @@ class Worker:
             logger.warning("%s: resumed; reading the positions again", entry.name)
             entry.paused = False
             entry.active = False  # positions may have been reset meanwhile: activate again
-        if self.metrics is not None:
-            self.metrics.paused(entry.name, entry.paused)
+        self.observer.paused(entry.name, entry.paused)
 
     def _retry_requested(self, entry: _Follower, state: FollowerStateRecorder) -> None:
         """Process the dead letters whose retry was requested, leader by leader."""
@@ -385,31 +375,20 @@ class Worker:
         """Catch ``feed`` up, batch by batch; False if it stopped before the end."""
         interrupted = False
         done_before = feed.position or 0
-        total = self._backlog_total(entry, feed)
-        batch_start, batch_position = time.monotonic(), done_before
-
-        def measure_batch() -> None:
-            nonlocal batch_start, batch_position
-            position = feed.position or 0
-            if self.metrics is not None and position > batch_position:
-                self.metrics.batch(entry.name, feed.leader_name, position - batch_position,
-                                   time.monotonic() - batch_start)  # fmt: skip
-                self.metrics.beat()
-                self.metrics.positions(entry.name, feed.leader_name, position)
-            batch_start, batch_position = time.monotonic(), position
+        self._catching_up(entry, feed)
+        clock = _BatchClock(feed.position)
 
         def between_batches() -> bool:
             nonlocal interrupted
-            measure_batch()
-            if total and self.progress is not None:
-                self.progress(entry.name, feed.leader_name, (feed.position or 0) - done_before,
-                              total)  # fmt: skip
+            self._measure_batch(entry, feed, clock)
+            self.observer.progress(entry.name, feed.leader_name, (feed.position or 0) - done_before)
             interrupted = self.is_stopping or (entry.lease is not None and not entry.lease.check())
             return interrupted
 
         try:
             feed.process_pending(between_batches)
-            measure_batch()  # the last batch (an exhausted log asks nothing)
+            # The last batch (an exhausted log asks nothing).
+            self._measure_batch(entry, feed, clock)
         except IntegrityError as error:
             # Not a batch refused because another worker got there first (the feed moves on
             # from those): the policy's new events conflict with recorded ones.
@@ -420,27 +399,34 @@ class Worker:
         except Exception as error:
             raise self._processing_failed(entry, feed, error) from error
         self._db_backoff.reset()
-        if self.metrics is not None:
-            self.metrics.database_ok(entry.name)
+        self.observer.database_ok(entry.name)
         if entry.lease is not None and not entry.lease.held:
             entry.active = False
             logger.warning("%s: lost the lease (%s); standing by", entry.name, _d(entry.lease))
         return not interrupted
 
-    def _backlog_total(self, entry: _Follower, feed: LeaderFeed[Any]) -> int:
-        """The backlog to show a progress bar for (0: no bar)."""
-        if self.progress is None or feed.leader_name not in entry.measure_backlog:
-            return 0
-        entry.measure_backlog.discard(feed.leader_name)
-        last = entry.leaders[feed.leader_name].recorder.max_notification_id() or 0
-        behind = last - (feed.position or 0)
-        return behind if behind >= PROGRESS_THRESHOLD else 0
+    def _catching_up(self, entry: _Follower, feed: LeaderFeed[Any]) -> None:
+        """Tell the observer; with the backlog to measure, the first time after activation."""
+        leader_name = feed.leader_name
+        backlog: Callable[[], int] | None = None
+        if leader_name in entry.measure_backlog:
+            entry.measure_backlog.discard(leader_name)
+            backlog = partial(_backlog, entry.leaders[leader_name], feed)
+        self.observer.catching_up(entry.name, leader_name, backlog)
+
+    def _measure_batch(self, entry: _Follower, feed: LeaderFeed[Any], clock: _BatchClock) -> None:
+        """Tell the observer of the batch recorded since ``clock`` last ticked, if any."""
+        position = feed.position or 0
+        processed, seconds = clock.tick(position)
+        if processed > 0:
+            self.observer.batch(entry.name, feed.leader_name, processed, seconds)
+            self.observer.beat()
+            self.observer.positions(entry.name, feed.leader_name, position)
 
     def _database_trouble(self, entry: _Follower, error: PersistenceError) -> None:
         """Log one line, wait (interruptibly), and make the feeds start again from the DB."""
         delay = self._db_backoff.next_delay()
-        if self.metrics is not None:
-            self.metrics.database_error(entry.name)
+        self.observer.database_error(entry.name)
         logger.warning(
             "%s: database error (attempt %d), retrying in %.1fs: %s",
             entry.name,
@@ -464,26 +450,32 @@ class Worker:
         return failed
 
     def _measure_positions(self, entry: _Follower) -> None:
-        """Tell the metrics how far behind an active follower is."""
-        if self.metrics is None or not entry.active:
+        """Let the observer measure how far behind an active follower is."""
+        if not entry.active:
             return
         for leader_name, feed in entry.feeds.items():
+            leader = entry.leaders[leader_name]
+            # Counted every poll: a short scan, exact near zero, which is what matters.
+            measure: Callable[[], Lag] = partial(
+                follower_lag,
+                entry.app,
+                leader_name,
+                leader,
+                feed.position or 0,
+                limit=METRICS_SCAN_LIMIT,
+            )
             try:
-                # Counted every poll: a short scan, exact near zero, which is what matters.
-                lag = follower_lag(entry.app, leader_name, entry.leaders[leader_name],
-                                   feed.position or 0, limit=METRICS_SCAN_LIMIT)  # fmt: skip
+                self.observer.lag(entry.name, leader_name, measure)
             except PersistenceError:
                 return  # the loop meets the same error and retries
-            self.metrics.positions(entry.name, leader_name, lag.tracked, lag.leader_last, lag.lag)
 
     def _measure_lease(self, entry: _Follower, held: bool) -> None:
-        """Tell the metrics whether the lease is held, and whether its database answers."""
-        assert self.metrics is not None
-        self.metrics.lease(entry.name, held)
+        """Tell the observer whether the lease is held, and whether its database answers."""
+        self.observer.lease(entry.name, held)
         if entry.lease is not None and entry.lease.error is not None:
-            self.metrics.database_error(entry.name, "lease")
+            self.observer.database_error(entry.name, "lease")
         else:
-            self.metrics.database_ok(entry.name, "lease")
+            self.observer.database_ok(entry.name, "lease")
 
     def _wait_for_prompts(self, next_poll: float) -> None:
         timeout = max(0.0, next_poll - time.monotonic())
@@ -516,44 +508,28 @@ class Worker:
                     feed.request_catch_up()
 
 
-class _MeteredObserver(FeedObserver):
-    """Logs a follower's failures (as the default observer does) and counts them."""
+def _backlog(leader: Application[Any], feed: LeaderFeed[Any]) -> int:
+    """How many notifications of ``leader`` come after ``feed``'s position."""
+    return (leader.recorder.max_notification_id() or 0) - (feed.position or 0)
 
-    def __init__(self, metrics: WorkerMetrics) -> None:
-        self.metrics = metrics
 
-    def retrying(
-        self, follower: str, leader: str, notification_id: int, attempt: int, delay: float,
-        error: BaseException,
-    ) -> None:  # fmt: skip
-        super().retrying(follower, leader, notification_id, attempt, delay, error)
-        self.metrics.retried(follower, leader)
+class _BatchClock:
+    """When the batch in hand started, and the position it started from."""
 
-    def parked(self, follower: str, letter: DeadLetter) -> None:
-        super().parked(follower, letter)
-        skipped = letter.status == SKIPPED
-        self.metrics.parked(follower, letter.leader_name, skipped=skipped)
+    def __init__(self, position: int | None) -> None:
+        self.start, self.position = time.monotonic(), position or 0
 
-    def resolved(self, follower: str, letter: DeadLetter) -> None:
-        super().resolved(follower, letter)
-        self.metrics.resolved(follower, letter.leader_name)
+    def tick(self, position: int) -> tuple[int, float]:
+        """Start the next batch at ``position``: return the last's size and duration."""
+        now = time.monotonic()
+        done = (position - self.position, now - self.start)
+        self.start, self.position = now, position
+        return done
 
 
 def worker_description() -> str:
     """Which process this is, for the settings a worker writes (``host:pid``)."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _count_recorded_events(app: Application[Any], metrics: WorkerMetrics) -> None:
-    """Count the events ``app`` records (in a worker, its policy's) in ``metrics``."""
-    record = app._record
-
-    def counted(processing_event: Any) -> Any:
-        recordings = record(processing_event)
-        metrics.events_recorded(app.name, len(recordings))
-        return recordings
-
-    setattr(app, "_record", counted)  # noqa: B010 (mypy refuses assigning to a method)
 
 
 def check_follower_name(system: System, name: str) -> None:

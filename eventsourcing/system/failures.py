@@ -23,11 +23,12 @@ the same way, as ``skipped``, and goes on with the originator's later notificati
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.deadletters import SKIPPED, DeadLetter, FollowerStateRecorder
-from eventsourcing.persistence import PersistenceError
+from eventsourcing.persistence import PersistenceError, Recording
 from eventsourcing.utils import Environment
 
 __all__ = [
@@ -36,6 +37,9 @@ __all__ = [
     "ErrorPolicy",
     "FeedObserver",
     "ParkedOriginators",
+    "log_parked",
+    "log_resolved",
+    "log_retrying",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,37 +125,75 @@ def _number(env: Any, key: str, default: Any, *, integer: bool = False) -> float
 
 
 class FeedObserver:
-    """Told of a follower's failures as they are dealt with; the default logs them.
+    """Told of what a feed records and of the failures it deals with; every method does
+    nothing here.
 
-    Workers add their metrics by subclassing it (each method does nothing else).
+    The feed logs the failures itself (see :func:`log_retrying` and the like); an observer
+    adds what else should happen, as a worker's metrics do
+    (:class:`runners.observer.WorkerObserver` extends this class).
     """
 
+    def recorded(self, follower: str, leader: str, recordings: Sequence[Recording[Any]]) -> None:
+        """The follower's policy recorded ``recordings`` while processing ``leader``'s
+        notifications (not told of a follower that overrides ``process_event()``)."""
+
     def retrying(
-        self, follower: str, leader: str, notification_id: int, attempt: int, delay: float,
+        self,
+        follower: str,
+        leader: str,
+        notification_id: int,
+        attempt: int,
+        delay: float,
         error: BaseException,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Notification ``notification_id`` failed; retry ``attempt`` comes in ``delay`` s."""
-        logger.warning(
-            "%s: policy failed on %s notification %d (attempt %d), retrying in %.1fs: %s",
-            follower, leader, notification_id, attempt, delay, _one_line(error),
-        )  # fmt: skip
 
     def parked(self, follower: str, letter: DeadLetter) -> None:
         """``letter`` was recorded (parked, parked behind another, or skipped)."""
-        if letter.error_type:
-            logger.error(
-                "%s: %s %s notification %d after %d attempts: %s: %s",
-                follower, "skipped" if letter.status == SKIPPED else "parked",
-                letter.leader_name, letter.notification_id, letter.attempts,
-                letter.error_type, _one_line(letter.error_message),
-            )  # fmt: skip
 
     def resolved(self, follower: str, letter: DeadLetter) -> None:
         """The retry of ``letter`` was processed and recorded."""
-        logger.info(
-            "%s: processed the retry of %s notification %d",
-            follower, letter.leader_name, letter.notification_id,
-        )  # fmt: skip
+
+
+def log_retrying(
+    follower: str, leader: str, notification_id: int, attempt: int, delay: float, error: Any
+) -> None:
+    """Log that notification ``notification_id`` failed and will be retried."""
+    logger.warning(
+        "%s: policy failed on %s notification %d (attempt %d), retrying in %.1fs: %s",
+        follower,
+        leader,
+        notification_id,
+        attempt,
+        delay,
+        _one_line(error),
+    )
+
+
+def log_parked(follower: str, letter: DeadLetter) -> None:
+    """Log a letter recorded for a failure (parked or skipped); not one parked behind."""
+    if letter.error_type:
+        action = "skipped" if letter.status == SKIPPED else "parked"
+        logger.error(
+            "%s: %s %s notification %d after %d attempts: %s: %s",
+            follower,
+            action,
+            letter.leader_name,
+            letter.notification_id,
+            letter.attempts,
+            letter.error_type,
+            _one_line(letter.error_message),
+        )
+
+
+def log_resolved(follower: str, letter: DeadLetter) -> None:
+    """Log that the retry of ``letter`` was processed and recorded."""
+    logger.info(
+        "%s: processed the retry of %s notification %d",
+        follower,
+        letter.leader_name,
+        letter.notification_id,
+    )
 
 
 class ParkedOriginators:

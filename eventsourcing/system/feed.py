@@ -34,7 +34,15 @@ from eventsourcing.persistence import (
     Tracking,
 )
 from eventsourcing.projection import ProcessingJob, processing_failure
-from eventsourcing.system.failures import RETRY, SKIP, STOP, FeedObserver
+from eventsourcing.system.failures import (
+    RETRY,
+    SKIP,
+    STOP,
+    FeedObserver,
+    log_parked,
+    log_resolved,
+    log_retrying,
+)
 from eventsourcing.system.prompts import RecordingEvent
 from eventsourcing.utils import get_topic
 
@@ -97,7 +105,8 @@ class LeaderFeed(Generic[TAggregateID]):
         self._inbox: list[RecordingEvent[TAggregateID]] = []
         self._inbox_events = 0  # held in the inbox: at most about max_inbox
         self.parking = _Parking(self)
-        #: Told of retries, parked letters and resolved retries (the worker adds metrics).
+        #: Told of what is recorded, of retries, parked letters and resolved retries (the
+        #: failures are logged whatever it does; a worker's observer keeps its metrics).
         self.observer = FeedObserver()
         #: Waits before a retry; returns True to give up waiting (the runner is stopping).
         self.wait: Callable[[float], bool] = _sleep
@@ -317,10 +326,10 @@ class LeaderFeed(Generic[TAggregateID]):
         elif letters:
             ids = tuple(_id_of(item) for item in _in_order(jobs, letters))
             tracking = ParkingTracking(self.leader_name, last_id, ids, tuple(letters))
-            follower.process_events(jobs, tracking)
+            self.recorded(follower.process_events(jobs, tracking))
             self.parking.parked(letters)
         elif jobs:
-            follower.process_events(jobs, Tracking(self.leader_name, last_id))
+            self.recorded(follower.process_events(jobs, Tracking(self.leader_name, last_id)))
 
     def _recover(
         self,
@@ -378,9 +387,7 @@ class LeaderFeed(Generic[TAggregateID]):
             attempts += 1
             if attempts <= errors.retries or errors.action == RETRY:
                 delay = errors.retry_delay(min(attempts, 32))
-                number = job[1].notification_id
-                name = self.follower.name
-                self.observer.retrying(name, self.leader_name, number, attempts, delay, error)
+                self._retrying(job[1].notification_id, attempts, delay, error)
                 if self.wait(delay):
                     return False  # stopping: the notification is processed next time
                 error = None
@@ -388,6 +395,16 @@ class LeaderFeed(Generic[TAggregateID]):
             if errors.action == STOP:
                 raise error
             return self.parking.park(self.parking.letter_of(job, error, attempts))
+
+    def recorded(self, recordings: Sequence[Recording[TAggregateID]]) -> None:
+        """Tell the observer of the events the follower's policy recorded."""
+        if recordings:
+            self.observer.recorded(self.follower.name, self.leader_name, recordings)
+
+    def _retrying(self, notification_id: int, attempt: int, delay: float, error: Exception) -> None:
+        args = (self.follower.name, self.leader_name, notification_id, attempt, delay, error)
+        log_retrying(*args)
+        self.observer.retrying(*args)
 
     def _job_of(self, notification_id: int) -> ProcessingJob[TAggregateID] | None:
         """The processing job of the leader's notification ``notification_id``, read from
@@ -487,7 +504,12 @@ class _Parking(Generic[TAggregateID]):
         for letter in letters:
             if letter.is_open:
                 parked.setdefault(letter.originator_id, letter.notification_id)
-            self.feed.observer.parked(self.feed.follower.name, letter)
+            self._tell_parked(letter)
+
+    def _tell_parked(self, letter: DeadLetter) -> None:
+        name = self.feed.follower.name
+        log_parked(name, letter)
+        self.feed.observer.parked(name, letter)
 
     def retry_requested(self) -> int:
         """Process the letters of this leader whose retry was requested, in order, each
@@ -513,28 +535,28 @@ class _Parking(Generic[TAggregateID]):
 
     def _retry(self, state: FollowerStateRecorder, letter: DeadLetter) -> bool:
         feed, follower = self.feed, self.feed.follower
-        job = feed._job_of(letter.notification_id)
+        leader, number = letter.leader_name, letter.notification_id
+        job = feed._job_of(number)
         if job is None:
+            reason = (
+                "the notification is no longer in the leader's log, or not of the follower's topics"
+            )
             state.set_dead_letter_status(
-                [(letter.leader_name, letter.notification_id)], DISCARDED,
-                from_statuses=(RETRYING,),
-                reason="the notification is no longer in the leader's log, or not of the "
-                "follower's topics",
-            )  # fmt: skip
-            self.originators.forget(letter.leader_name)
+                [(leader, number)], DISCARDED, from_statuses=(RETRYING,), reason=reason
+            )
+            self.originators.forget(leader)
             return False
         try:
-            retry = RetryTracking(letter.leader_name, letter.notification_id)
-            follower.process_events([job], retry)
+            feed.recorded(follower.process_events([job], RetryTracking(leader, number)))
         except Exception as error:
-            current = state.select_dead_letters(leader_name=letter.leader_name,
-                                                notification_id=letter.notification_id)  # fmt: skip
+            current = state.select_dead_letters(leader_name=leader, notification_id=number)
             if current and current[0].status == RETRYING:
                 state.update_dead_letter(letter.failed_again(error))
-                feed.observer.parked(follower.name, letter.failed_again(error))
+                self._tell_parked(letter.failed_again(error))
             return False  # else another process resolved or discarded it
         finally:
-            self.originators.forget(letter.leader_name)
+            self.originators.forget(leader)
+        log_resolved(follower.name, letter)
         feed.observer.resolved(follower.name, letter)
         return True
 
