@@ -152,10 +152,14 @@ class AsyncWorker:
                 backoff.reset()
             except PersistenceError as error:
                 delay = backoff.next_delay()
+                reason = " ".join(str(error).split())
                 logger.warning(
                     "%s: database error (attempt %d), retrying in %.1fs: %s",
-                    entry.app.name, backoff.attempt, delay, " ".join(str(error).split()),
-                )  # fmt: skip
+                    entry.app.name,
+                    backoff.attempt,
+                    delay,
+                    reason,
+                )
                 await self._sleep(delay)
 
     async def _process(self, entry: _AsyncFollower, leader_name: str) -> None:
@@ -175,8 +179,11 @@ class AsyncWorker:
                     if pending is None:
                         limit = app.process_batch_size
                         pending = asyncio.create_task(subscription.next_batch(limit))
-                    await asyncio.wait({pending, stopping}, timeout=self.poll_interval,
-                                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                    await asyncio.wait(
+                        {pending, stopping},
+                        timeout=self.poll_interval,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
                     if not pending.done():
                         continue  # look at the lease and the stop flag again
                     batch, pending = pending.result(), None
@@ -211,12 +218,13 @@ class AsyncWorker:
             return True
         async with entry.lease_lock:  # one thread at a time asks the lease
             held = await asyncio.to_thread(lambda: lease.check() or lease.try_acquire())
+            name = entry.app.name
             if held and not entry.active:
-                logger.info("%s: holding the lease (%s); processing", entry.app.name,
-                            lease.describe())  # fmt: skip
+                logger.info("%s: holding the lease (%s); processing", name, lease.describe())
             elif not held and (entry.active or not entry.standing_by):
-                logger.warning("%s: the lease is held elsewhere (%s); standing by",
-                               entry.app.name, lease.describe())  # fmt: skip
+                logger.warning(
+                    "%s: the lease is held elsewhere (%s); standing by", name, lease.describe()
+                )
             entry.active, entry.standing_by = held, not held
         return held
 

@@ -180,10 +180,15 @@ class FileLease(Lease):
 class RedisLease(Lease):
     """A Redis key holding a random token, with an expiry renewed while held."""
 
-    RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then " \
-            "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"  # fmt: skip
-    RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then " \
-              "return redis.call('del', KEYS[1]) else return 0 end"  # fmt: skip
+    #: Lua scripts: renew (or delete) the key only while it holds this worker's token.
+    RENEW = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then "
+        "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+    )
+    RELEASE = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then "
+        "return redis.call('del', KEYS[1]) else return 0 end"
+    )
 
     def __init__(self, name: str, url: str, ttl: float = 5.0) -> None:
         """Hold ``eventsourcing:lease:<name>`` on the Redis at ``url`` for ``ttl`` s at a time."""

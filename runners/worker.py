@@ -562,8 +562,7 @@ def handle_stop_signals(stop: Callable[[], None]) -> None:
         if received > 1:
             logger.warning("Second %s: exiting at once", signal.Signals(signum).name)
             os._exit(EXIT_FORCED)
-        logger.info("%s: finishing the batch in hand, then exiting",
-                    signal.Signals(signum).name)  # fmt: skip
+        logger.info("%s: finishing the batch in hand, then exiting", signal.Signals(signum).name)
         stop()
 
     signal.signal(signal.SIGTERM, handler)
