@@ -63,7 +63,7 @@ from eventsourcing.persistence import (
     Transcoder,
     UUIDAsHex,
 )
-from eventsourcing.utils import Environment, EnvType, strtobool
+from eventsourcing.utils import Environment, EnvType, redact_url, strtobool
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -625,7 +625,7 @@ class PromptPublisher:
         if not url:
             return None
         factory = cls._factory(url, env)
-        return cls(factory(url, source=cls._source(env)), _without_password(url))
+        return cls(factory(url, source=cls._source(env)), redact_url(url))
 
     @staticmethod
     def _source(env: Environment) -> str:
@@ -650,7 +650,7 @@ class PromptPublisher:
         close = difflib.get_close_matches(scheme, names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         msg = (
-            f"Invalid {cls._source(env)} value {_without_password(url)!r}: no prompt transport "
+            f"Invalid {cls._source(env)} value {redact_url(url)!r}: no prompt transport "
             f"is registered for {scheme!r}.{hint} Accepted forms: redis://HOST:PORT/DB, "
             "rediss://..., kombu+<broker url> (e.g. kombu+amqp://guest:guest@HOST//), "
             f"postgres (registered: {', '.join(names) or 'none'}); or unset it to poll"
@@ -717,11 +717,6 @@ class PromptPublisher:
             sender.join(timeout=1.0)
         with suppress(Exception):
             self.transport.close()
-
-
-def _without_password(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
 
 class Application(Generic[TAggregateID]):

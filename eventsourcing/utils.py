@@ -25,6 +25,7 @@ __all__ = [
     "construct_topic",
     "get_method_name",
     "get_topic",
+    "redact_url",
     "register_topic",
     "resolve_topic",
     "retry",
@@ -207,7 +208,12 @@ _FALSE = frozenset({"n", "no", "f", "false", "off", "0"})
 
 
 def strtobool(val: str) -> bool:
-    """Convert a truth value such as ``"yes"`` or ``"0"`` to a bool (case-insensitive)."""
+    """Convert a truth value such as ``"yes"`` or ``"0"`` to a bool (case-insensitive).
+
+    The one set of truth values of every setting: ``y``, ``yes``, ``t``, ``true``, ``on``
+    and ``1`` are true, ``n``, ``no``, ``f``, ``false``, ``off`` and ``0`` false, anything
+    else a ValueError.
+    """
     if not isinstance(val, str):
         raise TypeError(f"{val} is not a str")
     lowered = val.lower()
@@ -216,6 +222,16 @@ def strtobool(val: str) -> bool:
     if lowered in _FALSE:
         return False
     raise ValueError(f"invalid truth value {lowered!r}")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its credentials, for messages and log lines.
+
+    ``redis://user:secret@host:6379/0`` becomes ``redis://host:6379/0``; a value without
+    ``://`` (such as ``postgres``) is returned as it is.
+    """
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
 
 def reversed_keys(d: Mapping[Any, Any]) -> Iterator[Any]:

@@ -22,6 +22,7 @@ from eventsourcing.asyncio import AsyncSystem
 from eventsourcing.deadletters import OPEN_STATUSES, FollowerStateRecorder
 from eventsourcing.persistence import PersistenceError
 from eventsourcing.system import System
+from eventsourcing.utils import strtobool
 from runners.commands import COMMANDS, EXAMPLES, add_commands, print_table
 from runners.errors import (
     ConfigurationError,
@@ -136,7 +137,11 @@ def _env(name: str, default: Any = None) -> Any:
 
 
 def _env_flag(name: str) -> bool:
-    return str(_env(name, "")).strip().lower() in ("1", "true", "yes", "y", "on")
+    """Whether the variable of option ``name`` holds a truth value (unset or not one: no)."""
+    try:
+        return strtobool(str(_env(name, "")).strip())
+    except ValueError:
+        return False
 
 
 def _positive(value: str) -> float:

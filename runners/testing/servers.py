@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from eventsourcing.utils import strtobool
 from runners.errors import did_you_mean
 
 __all__ = [
@@ -124,7 +125,10 @@ class LocalServer(Server):
 
 def in_ci() -> bool:
     """True when running under CI (``CI=true``), where a missing server fails the run."""
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        return strtobool(os.environ.get("CI", "").strip())
+    except ValueError:
+        return False
 
 
 def chosen_sources(value: str | None = None) -> tuple[str, ...]:

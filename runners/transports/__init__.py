@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from eventsourcing.utils import redact_url
 from runners.errors import PromptTransportError, did_you_mean
 from runners.transports.base import PromptTransport
 
@@ -77,11 +78,11 @@ def open_transport(
     except PromptTransportError:
         raise
     except ImportError as e:
-        msg = f"Can't use {source}={_without_password(url)!r}: {e}"
+        msg = f"Can't use {source}={redact_url(url)!r}: {e}"
         raise PromptTransportError(msg) from e
     except ValueError as e:
         msg = (
-            f"Invalid {source} value {_without_password(url)!r}: {_sentence(e)} Accepted forms: "
+            f"Invalid {source} value {redact_url(url)!r}: {_sentence(e)} Accepted forms: "
             f"{ACCEPTED_FORMS}. Fix {source} (or unset it)."
         )
         raise PromptTransportError(msg) from e
@@ -112,9 +113,3 @@ def _sentence(error: Exception) -> str:
     """``error``'s message as one sentence, ending with its own stop or with one added."""
     text = " ".join(str(error).split())
     return text if text.endswith((".", "?", "!")) else f"{text}."
-
-
-def _without_password(url: str) -> str:
-    """``url`` without its password, for messages."""
-    head, sep, rest = url.partition("://")
-    return f"{head}{sep}{rest.rpartition('@')[2]}" if sep else url

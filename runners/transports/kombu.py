@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from eventsourcing.utils import redact_url
 from runners.errors import TransportConnectionError
 from runners.transports.base import PromptTransport
 
@@ -56,15 +57,10 @@ def check_broker_url(broker_url: str) -> None:
         scheme = broker_url.partition("://")[0]
         missing = f"needs {e.name}, which is not installed" if e.name else f"can't load: {e}"
         msg = (
-            f"the kombu transport of {_without_password(broker_url)!r} {missing}; install "
+            f"the kombu transport of {redact_url(broker_url)!r} {missing}; install "
             f"its driver: pip install 'kombu[{scheme}]'"
         )
         raise ImportError(msg) from e
-
-
-def _without_password(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
 def _exchange() -> Any:
@@ -139,7 +135,7 @@ class KombuTransport(PromptTransport):
         return tuple(connection.connection_errors) + tuple(connection.channel_errors)
 
     def _safe_url(self) -> str:
-        return _without_password(self.broker_url)
+        return redact_url(self.broker_url)
 
     def _reset(self) -> None:
         """Drop the connection after a failure; the next call connects afresh."""

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from eventsourcing.utils import redact_url
 from runners.errors import TransportConnectionError
 from runners.transports.base import PromptTransport
 
@@ -82,13 +83,7 @@ def _translated(url: str) -> Iterator[None]:
     try:
         yield
     except (redis.RedisError, OSError) as e:
-        raise TransportConnectionError(f"Redis at {_safe(url)}: {e}") from e
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+        raise TransportConnectionError(f"Redis at {redact_url(url)}: {e}") from e
 
 
 class RedisStreamsTransport(PromptTransport):
