@@ -19,17 +19,16 @@ projector; aggregates are deep-copied only when a cache hands out a shared objec
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from copy import deepcopy
 from dataclasses import dataclass
+from functools import cache
 from itertools import chain
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cast
 from uuid import UUID
@@ -63,7 +62,7 @@ from eventsourcing.persistence import (
     Transcoder,
     UUIDAsHex,
 )
-from eventsourcing.utils import Environment, EnvType, redact_url, strtobool
+from eventsourcing.utils import Environment, EnvType, strtobool
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -81,11 +80,12 @@ __all__ = [
     "ProcessingEvent",
     "ProgrammingError",
     "ProjectorFunction",
-    "PromptPublisher",
+    "PromptPublisherProtocol",
     "Repository",
     "Section",
     "TApplication",
     "project_aggregate",
+    "prompt_publisher_for",
 ]
 
 ProjectorFunction = Callable[
@@ -578,145 +578,61 @@ class ProcessingEvent(Generic[TAggregateID]):
 
 logger = logging.getLogger(__name__)
 
-
-class _PromptTransport(Protocol):
-    def publish(self, leader_name: str, notification_id: int) -> None: ...
-
-    def close(self) -> None: ...
+#: The entry-point group of the module that publishes prompts for ``PROMPT_TRANSPORT``
+#: (the runners package registers :mod:`runners.transports.publisher` there).
+PROMPT_PUBLISHER_ENTRY_POINT_GROUP = "eventsourcing.prompt_publisher"
 
 
-class PromptPublisher:
-    """Tells followers in other processes that an application has new notifications.
-
-    The transport is named by ``PROMPT_TRANSPORT`` (``redis://...``, ``kombu+<broker url>``,
-    ``postgres``) and found through the entry-point group ``eventsourcing.prompt_transports``
-    by the value's scheme; the runners package registers its transports there.
-
-    :meth:`publish` only notes the new id; a thread of the publisher sends the prompts, so a
-    save never waits for the broker's round trip, and prompts of saves made meanwhile are
-    coalesced into one. A prompt is only a wake-up, so publishing never fails a command: a
-    failure is logged once (and its recovery once), and for a second after a failure prompts
-    are dropped rather than tried again. Followers catch up by polling meanwhile.
-    """
-
-    ENTRY_POINT_GROUP = "eventsourcing.prompt_transports"
-    RETRY_AFTER = 1.0  # seconds without attempts after a failure
-    _factories: ClassVar[dict[str, Callable[..., _PromptTransport]]] = {}
-
-    def __init__(self, transport: _PromptTransport, description: str = "") -> None:
-        """Publish through ``transport``, described as ``description`` in log lines."""
-        self.transport = transport
-        self.description = description or type(transport).__name__
-        self._condition = threading.Condition()
-        self._pending: dict[str, int] = {}
-        self._sender: threading.Thread | None = None
-        self._sender_pid = 0
-        self._closed = False
-        self._failing = False
-        self._retry_at = 0.0
-
-    @classmethod
-    def from_env(cls, env: Environment) -> PromptPublisher | None:
-        """Return a publisher for the ``PROMPT_TRANSPORT`` in ``env``, or None if unset.
-
-        Raises ValueError naming the variable and the accepted forms for a bad value.
-        """
-        url = (env.get("PROMPT_TRANSPORT") or "").strip()
-        if not url:
-            return None
-        factory = cls._factory(url, env)
-        return cls(factory(url, source=cls._source(env)), redact_url(url))
-
-    @staticmethod
-    def _source(env: Environment) -> str:
-        prefixed = env.create_keys("PROMPT_TRANSPORT")[0]
-        return prefixed if prefixed in env else "PROMPT_TRANSPORT"
-
-    @classmethod
-    def _factory(cls, url: str, env: Environment) -> Callable[..., _PromptTransport]:
-        scheme = url.partition("+")[0] if url.startswith("kombu+") else url.partition("://")[0]
-        factory = cls._factories.get(scheme)
-        if factory is not None:
-            return factory
-        from importlib.metadata import entry_points
-
-        found = entry_points(group=cls.ENTRY_POINT_GROUP)
-        for entry_point in found:
-            if entry_point.name == scheme:
-                factory = cast("Callable[..., _PromptTransport]", entry_point.load())
-                cls._factories[scheme] = factory
-                return factory
-        names = sorted(e.name for e in found)
-        close = difflib.get_close_matches(scheme, names, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        msg = (
-            f"Invalid {cls._source(env)} value {redact_url(url)!r}: no prompt transport "
-            f"is registered for {scheme!r}.{hint} Accepted forms: redis://HOST:PORT/DB, "
-            "rediss://..., kombu+<broker url> (e.g. kombu+amqp://guest:guest@HOST//), "
-            f"postgres (registered: {', '.join(names) or 'none'}); or unset it to poll"
-        )
-        raise ValueError(msg)
+class PromptPublisherProtocol(Protocol):
+    """What :func:`prompt_publisher_for` returns, and :meth:`Application.save` prompts
+    through: it tells followers in other processes that an application has new
+    notifications, without ever failing or delaying the save."""
 
     def publish(self, application_name: str, notification_id: int) -> None:
         """Note that ``application_name`` has notifications up to ``notification_id``."""
-        with self._condition:
-            if notification_id > self._pending.get(application_name, 0):
-                self._pending[application_name] = notification_id
-            self._condition.notify()
-            # A forked child inherits the attribute but not the thread: start its own.
-            if self._sender is None or self._sender_pid != os.getpid():
-                self._start_sender()
-
-    def _start_sender(self) -> None:
-        self._sender_pid = os.getpid()
-        self._sender = threading.Thread(
-            target=self._send_pending, name="prompt publisher", daemon=True
-        )
-        self._sender.start()
-
-    def _send_pending(self) -> None:
-        while True:
-            with self._condition:
-                while not self._pending and not self._closed:
-                    self._condition.wait()
-                if not self._pending:
-                    return
-                pending, self._pending = self._pending, {}
-            for application_name, notification_id in pending.items():
-                self._send(application_name, notification_id)
-
-    def _send(self, application_name: str, notification_id: int) -> None:
-        if self._failing and time.monotonic() < self._retry_at:
-            return
-        try:
-            self.transport.publish(application_name, notification_id)
-        except Exception as error:
-            self._retry_at = time.monotonic() + self.RETRY_AFTER
-            if not self._failing:
-                self._failing = True
-                logger.warning(
-                    "Can't publish prompts of %r through %s (%s); followers catch up by "
-                    "polling until it is back",
-                    application_name,
-                    self.description,
-                    error,
-                )
-            return
-        if self._failing:
-            self._failing = False
-            logger.warning("Prompts of %r are published through %s again",
-                           application_name, self.description)  # fmt: skip
 
     def close(self) -> None:
-        """Send what is pending (waiting up to a second), then close the transport."""
-        with self._condition:
-            self._closed = True
-            self._condition.notify()
-        sender = self._sender
-        if sender is not None and sender is not threading.current_thread():
-            sender.join(timeout=1.0)
-        with suppress(Exception):
-            self.transport.close()
+        """Send what is pending, then release the transport."""
+
+
+def prompt_publisher_for(env: Environment) -> PromptPublisherProtocol | None:
+    """The one hook between the core and the prompt transports: a publisher for the
+    ``PROMPT_TRANSPORT`` in ``env``, or None when it is unset (or blank).
+
+    The value is parsed, validated and opened by the module registered in the entry-point
+    group :data:`PROMPT_PUBLISHER_ENTRY_POINT_GROUP` (``runners.transports.publisher``),
+    whose ``publisher_for(env)`` raises a ValueError naming the variable and the accepted
+    forms for a bad value. The core never imports that module by name, and only looks it
+    up when the variable is set.
+    """
+    if not (env.get("PROMPT_TRANSPORT") or "").strip():
+        return None
+    publisher: PromptPublisherProtocol | None = _prompt_publisher_module().publisher_for(env)
+    return publisher
+
+
+@cache
+def _prompt_publisher_module() -> Any:
+    from importlib.metadata import entry_points
+
+    found = sorted(entry_points(group=PROMPT_PUBLISHER_ENTRY_POINT_GROUP), key=lambda e: e.name)
+    if not found:
+        msg = (
+            "PROMPT_TRANSPORT is set, but no prompt publisher is installed in the entry-point "
+            f"group {PROMPT_PUBLISHER_ENTRY_POINT_GROUP!r}: install eventsourcing with its "
+            "runners package, or unset PROMPT_TRANSPORT"
+        )
+        raise ValueError(msg)
+    return found[0].load()
+
+
+def __getattr__(name: str) -> Any:
+    """``PromptPublisher``, the runtime's publisher class, is found when first asked for
+    (it lives in :mod:`runners.transports.publisher`; the core must not import it)."""
+    if name == "PromptPublisher":
+        return _prompt_publisher_module().PromptPublisher
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
 
 
 class Application(Generic[TAggregateID]):
@@ -763,7 +679,7 @@ class Application(Generic[TAggregateID]):
         self._repository = self.construct_repository()
         self._notification_log = self.construct_notification_log()
         #: Publishes prompts to other processes after each commit (None: PROMPT_TRANSPORT unset).
-        self.prompt_publisher = PromptPublisher.from_env(self.env)
+        self.prompt_publisher = prompt_publisher_for(self.env)
 
     @property
     def repository(self) -> Repository[TAggregateID]:

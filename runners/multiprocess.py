@@ -26,7 +26,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from eventsourcing.application import Application, PromptPublisher, TApplication
+from eventsourcing.application import Application, TApplication
 from eventsourcing.system import (
     EventProcessingError,
     Runner,
@@ -38,7 +38,9 @@ from eventsourcing.system.failures import IN_PROCESS_DEFAULT
 from eventsourcing.utils import Environment, EnvType, get_topic, resolve_topic
 from runners.errors import ConfigurationError, NotShareableError, PolicyError
 from runners.metrics import UNHEALTHY_AFTER, require_prometheus, serve_metrics
+from runners.transports import prompt_transport_in
 from runners.transports.multiprocess import QueueTransport
+from runners.transports.publisher import PromptPublisher
 from runners.worker import (
     EXIT_PROCESSING_ERROR,
     POLL_INTERVAL,
@@ -126,7 +128,7 @@ class MultiProcessRunner(Runner[Any]):
         self.has_errored.clear()
         self.errors = []
         uses_queues = not any(
-            Environment(n, self._merged).get("PROMPT_TRANSPORT") for n in self.system.nodes
+            prompt_transport_in(Environment(n, self._merged)) for n in self.system.nodes
         )
         self._error_queue = self._context.Queue()
         self.children = {

@@ -21,8 +21,8 @@ from eventsourcing.application import (
     ProcessingEvent,
     ProgrammingError,
     ProjectorFunction,
-    PromptPublisher,
     project_aggregate,
+    prompt_publisher_for,
 )
 from eventsourcing.asyncio.factory import AsyncInfrastructureFactory
 from eventsourcing.asyncio.recorders import AsyncApplicationRecorder
@@ -83,7 +83,7 @@ class AsyncApplication(Generic[TAggregateID]):
         self._repository = self.construct_repository()
         self.notification_log = AsyncNotificationLog(self.recorder, self.log_section_size)
         #: Prompts workers of other processes after each save (None: PROMPT_TRANSPORT unset).
-        self.prompt_publisher = PromptPublisher.from_env(self.env)
+        self.prompt_publisher = prompt_publisher_for(self.env)
 
     @property
     def repository(self) -> AsyncRepository[TAggregateID]:
