@@ -6,7 +6,11 @@
   ``PROMPT_TRANSPORT`` or multiprocessing queues;
 - :class:`Worker`: the loop behind ``eventsourcing-runner run``, one per application on any
   machine, prompted through ``PROMPT_TRANSPORT`` (Redis Streams, kombu, LISTEN/NOTIFY) or
-  polling.
+  polling; :class:`WorkerThreads` and :class:`WorkerLoop` run workers in threads of one
+  process, :class:`WorkerProcesses` each in a process of its own.
+
+:data:`RUNNERS` (:mod:`runners.table`) is the one table of them by name, which the command
+line's ``--runner``, the pytest plugin's ``run_system(runner=...)`` and the runner tests use.
 
 The in-process runners live in :mod:`eventsourcing.system` (for compatibility) and are
 re-exported here, so that this is the one place to pick any runner from.
@@ -30,10 +34,14 @@ from runners.errors import (
     UnknownApplicationNameError,
 )
 from runners.multiprocess import MultiProcessRunner
+from runners.subprocesses import WorkerProcesses
+from runners.table import RUNNERS
+from runners.threads import WorkerLoop, WorkerThreads
 from runners.transports import PromptTransport, open_transport
 from runners.worker import Worker
 
 __all__ = [
+    "RUNNERS",
     "ConfigurationError",
     "MultiProcessRunner",
     "MultiThreadedRunner",
@@ -50,5 +58,8 @@ __all__ = [
     "TransportConnectionError",
     "UnknownApplicationNameError",
     "Worker",
+    "WorkerLoop",
+    "WorkerProcesses",
+    "WorkerThreads",
     "open_transport",
 ]

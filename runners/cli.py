@@ -31,17 +31,21 @@ from runners.errors import (
     SystemTopicError,
     TransportConnectionError,
 )
-from runners.lag import follower_lag
-from runners.metrics import UNHEALTHY_AFTER, serve_metrics
-from runners.worker import (
+from runners.exit_codes import (
+    EXIT_ERROR,
     EXIT_FORCED,
     EXIT_OK,
     EXIT_PROCESSING_ERROR,
-    POLL_INTERVAL,
-    Worker,
-    check_follower_name,
-    handle_stop_signals,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
 )
+from runners.lag import follower_lag
+from runners.metrics import UNHEALTHY_AFTER, serve_metrics
+from runners.multiprocess import MultiProcessRunner
+from runners.table import CLI_RUNNERS, RUNNERS
+from runners.threads import WorkerThreads
+from runners.worker import POLL_INTERVAL, check_follower_name, handle_stop_signals
 
 __all__ = [
     "EXIT_ERROR",
@@ -60,13 +64,7 @@ __all__ = [
 
 logger = logging.getLogger("runners.cli")
 
-EXIT_ERROR = 1  # an unexpected error (its traceback is logged)
-EXIT_USAGE = 2  # bad input: an option, SYSTEM, an application name, an environment variable
-EXIT_UNREACHABLE = 4  # a database could not be reached at start-up
-EXIT_REFUSED = 6  # an operation on a follower was refused (unsafe now), changing nothing
-
 ENV_PREFIX = "EVENTSOURCING_RUNNER_"
-RUNNERS = ("single", "threads", "processes")
 
 EPILOG = f"""\
 examples:
@@ -186,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(run, "--all", "every follower of SYSTEM")
     run.add_argument(
         "--runner",
-        choices=RUNNERS,
+        choices=list(CLI_RUNNERS),
         default=_env("RUNNER", "threads"),
         help="single: one loop for all; threads: a thread each (default); processes: a "
         "process each",
@@ -358,41 +356,10 @@ def _run(args: argparse.Namespace, system: System) -> int:
         from runners.async_worker import run_async_workers
 
         return run_async_workers(system, names, args)
-    if args.runner == "processes":
-        return _run_processes(system, names, args)
-    progress = progress_bars()
-    metrics = None
-    if args.metrics_port is not None:
-        metrics = serve_metrics(args.metrics_port, args.metrics_host, args.unhealthy_after)[0]
-    groups = [names] if args.runner == "single" else [[name] for name in names]
-    workers = [
-        Worker(
-            system,
-            group,
-            poll_interval=args.poll_interval,
-            use_lease=not args.no_lease,
-            progress=progress,
-            metrics=metrics,
-        )
-        for group in groups
-    ]
-    opened: list[Worker] = []
-    try:
-        for worker in workers:
-            worker.open()
-            opened.append(worker)
-    except BaseException:
-        for worker in opened:
-            worker.close()
-        raise
-
-    def stop_all() -> None:
-        for worker in workers:
-            worker.stop()
-
-    handle_stop_signals(stop_all)
-    logger.info("Running %s (%s)", ", ".join(names), args.runner)
-    return _run_in_threads(workers, stop_all)
+    runner_cls = RUNNERS[CLI_RUNNERS[args.runner]]
+    if issubclass(runner_cls, MultiProcessRunner):
+        return _run_processes(runner_cls, system, names, args)
+    return _run_threads(runner_cls, system, names, args)
 
 
 def _chosen_names(args: argparse.Namespace, system: System) -> list[str]:
@@ -410,31 +377,31 @@ def _chosen_names(args: argparse.Namespace, system: System) -> list[str]:
     return names
 
 
-def _run_in_threads(workers: list[Worker], stop_all: Callable[[], None]) -> int:
-    errors: list[BaseException] = []
+def _run_threads(
+    runner_cls: type[WorkerThreads], system: System, names: list[str], args: argparse.Namespace
+) -> int:
+    progress = progress_bars()
+    metrics = None
+    if args.metrics_port is not None:
+        metrics = serve_metrics(args.metrics_port, args.metrics_host, args.unhealthy_after)[0]
+    runner = runner_cls(
+        system,
+        names,
+        poll_interval=args.poll_interval,
+        use_lease=not args.no_lease,
+        progress=progress,
+        metrics=metrics,
+    )
+    runner.open()
+    handle_stop_signals(runner.stop)
+    logger.info("Running %s (%s)", ", ".join(names), args.runner)
+    return runner.run()
 
-    def target(worker: Worker) -> None:
-        try:
-            worker.run()
-        except BaseException as error:
-            errors.append(error)
-            stop_all()
 
-    threads = [threading.Thread(target=target, args=(w,), daemon=True) for w in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)  # short joins, so the main thread runs signal handlers
-    if errors:
-        raise errors[0]
-    return EXIT_OK
-
-
-def _run_processes(system: System, names: list[str], args: argparse.Namespace) -> int:
-    from runners.multiprocess import MultiProcessRunner
-
-    runner = MultiProcessRunner(
+def _run_processes(
+    runner_cls: type[MultiProcessRunner], system: System, names: list[str], args: argparse.Namespace
+) -> int:
+    runner = runner_cls(
         system,
         followers=names,
         metrics_port=args.metrics_port,

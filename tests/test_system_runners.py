@@ -20,7 +20,6 @@ from system_model import (
     BACKENDS,
     FAILURES,
     PERSISTENT_BACKENDS,
-    RUNNERS,
     SYNCHRONOUS,
     SYSTEM,
     SYSTEM_WITH_AUDITOR,
@@ -49,6 +48,7 @@ from eventsourcing.system import (
     UnknownApplicationError,
 )
 from eventsourcing.utils import get_topic
+from runners.table import IN_PROCESS, RUNNERS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,7 +62,7 @@ def no_failures() -> Iterator[None]:
     FAILURES.remaining.clear()
 
 
-@pytest.fixture(params=RUNNERS, ids=lambda cls: cls.__name__)
+@pytest.fixture(params=[RUNNERS[name] for name in IN_PROCESS], ids=lambda cls: cls.__name__)
 def runner_cls(request: pytest.FixtureRequest) -> type[Runner[Any]]:
     """Each of the four in-process runners."""
     return request.param  # type: ignore[no-any-return]
