@@ -37,12 +37,12 @@ from eventsourcing.system import (
 from eventsourcing.system.failures import IN_PROCESS_DEFAULT
 from eventsourcing.utils import Environment, EnvType, get_topic, resolve_topic
 from runners.errors import ConfigurationError, NotShareableError, PolicyError
+from runners.exit_codes import EXIT_BAD_SETTINGS, EXIT_ERROR, EXIT_PROCESSING_ERROR
 from runners.metrics import UNHEALTHY_AFTER, require_prometheus, serve_metrics
 from runners.transports import prompt_transport_in
 from runners.transports.multiprocess import QueueTransport
 from runners.transports.publisher import PromptPublisher
 from runners.worker import (
-    EXIT_PROCESSING_ERROR,
     POLL_INTERVAL,
     Backoff,
     Worker,
@@ -54,7 +54,6 @@ __all__ = ["MultiProcessRunner"]
 logger = logging.getLogger(__name__)
 
 SHAREABLE = "eventsourcing.sqlite (with a database file) or eventsourcing.postgres"
-EXIT_BAD_SETTINGS = 2  # a child found its settings wrong (say, a bad PROMPT_TRANSPORT)
 
 
 @dataclass
@@ -312,4 +311,4 @@ def _child_main(
         sys.exit(EXIT_PROCESSING_ERROR if isinstance(error, PolicyError) else EXIT_BAD_SETTINGS)
     except Exception:
         traceback.print_exc()
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
