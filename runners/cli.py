@@ -189,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="single: one loop for all; threads: a thread each (default); processes: a "
         "process each",
     )
-    _seconds(run, "--poll-interval", POLL_INTERVAL,
-             "read the leaders' logs this often without a prompt")  # fmt: skip
+    _seconds(
+        run, "--poll-interval", POLL_INTERVAL, "read the leaders' logs this often without a prompt"
+    )
     _flag(run, "--no-lease", "don't take the lease (only if no other worker can run it)")
     run.add_argument(
         "--metrics-port",
@@ -205,8 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="address to serve them on (default 127.0.0.1; 0.0.0.0 in a container)",
     )
-    _seconds(run, "--unhealthy-after", UNHEALTHY_AFTER,
-             "/healthz fails after this long without a database")  # fmt: skip
+    _seconds(
+        run,
+        "--unhealthy-after",
+        UNHEALTHY_AFTER,
+        "/healthz fails after this long without a database",
+    )
     status = _command(commands, "status", "show how far behind each follower is", common)
     _flag(status, "--json", "print JSON (one document per refresh)")
     _flag(status, "--watch", "refresh until interrupted")
@@ -264,8 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
         )
         if args.command is None:
-            raise _UsageError("say which command: run, status, or one of "
-                              f"{', '.join(COMMANDS)} (see --help)")  # fmt: skip
+            raise _UsageError(
+                f"say which command: run, status, or one of {', '.join(COMMANDS)} (see --help)"
+            )
         if not args.system:
             raise _UsageError(
                 "SYSTEM is missing: give a topic such as myproject.system:system, or set "
@@ -279,8 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "read the same tables), or see `run` for async followers"
             )
         command: Callable[[argparse.Namespace, System], int] = {
-            "run": _run, "status": _status, **COMMANDS
-        }[args.command]  # fmt: skip
+            "run": _run,
+            "status": _status,
+            **COMMANDS,
+        }[args.command]
         return command(args, system)
     except (_UsageError, ConfigurationError, ValueError) as error:
         return _fail(error, EXIT_USAGE, show_traceback)
@@ -456,10 +464,16 @@ def status_rows(system: System, env: dict[str, str] | None = None) -> list[dict[
             lag = follower_lag(apps[follower], leader, apps[leader])
             parked, paused = _follower_state(apps[follower].recorder, leader)
             rows.append(
-                {"follower": follower, "leader": leader, "tracked": lag.tracked,
-                 "leader_last": lag.leader_last, "lag": lag.lag, "parked": parked,
-                 "paused": paused}
-            )  # fmt: skip
+                {
+                    "follower": follower,
+                    "leader": leader,
+                    "tracked": lag.tracked,
+                    "leader_last": lag.leader_last,
+                    "lag": lag.lag,
+                    "parked": parked,
+                    "paused": paused,
+                }
+            )
     finally:
         for app in apps.values():
             app.close()

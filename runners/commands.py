@@ -328,9 +328,10 @@ def print_table(
     if stamp:
         print(time.strftime("%H:%M:%S"))
     for row in [[h.upper() for h in headers], *cells]:
-        print("  ".join(
-            c.rjust(w) if h in numeric else c.ljust(w)
-            for c, w, h in zip(row, widths, headers, strict=True)
-        ).rstrip())  # fmt: skip
+        print(
+            "  ".join(
+                c.rjust(w) if h in numeric else c.ljust(w)
+                for c, w, h in zip(row, widths, headers, strict=True)
+            ).rstrip()
+        )
     print(flush=True)
-

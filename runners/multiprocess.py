@@ -134,10 +134,14 @@ class MultiProcessRunner(Runner[Any]):
             name: _Child(name, self._context.Queue() if uses_queues else None)
             for name in self.followers
         }
-        self._routes = {
-            leader: [self.children[f].inbox for f in followers if f in self.children]
-            for leader, followers in self.system.leads.items()
-        } if uses_queues else {}  # fmt: skip
+        self._routes = (
+            {
+                leader: [self.children[f].inbox for f in followers if f in self.children]
+                for leader, followers in self.system.leads.items()
+            }
+            if uses_queues
+            else {}
+        )
         for name in self.system.nodes:
             app = self.system.get_app_cls(name)(env=self.env)
             self.apps[name] = app
@@ -151,8 +155,10 @@ class MultiProcessRunner(Runner[Any]):
         self._supervisor.start()
 
     def _spawn(self, child: _Child) -> None:
-        edges = [(get_topic(self.system.get_app_cls(a)), get_topic(self.system.get_app_cls(b)))
-                 for a, b in self.system.edges]  # fmt: skip
+        edges = [
+            (get_topic(self.system.get_app_cls(a)), get_topic(self.system.get_app_cls(b)))
+            for a, b in self.system.edges
+        ]
         host, port, unhealthy_after = self._metrics
         serve = None
         if port is not None:
@@ -195,8 +201,12 @@ class MultiProcessRunner(Runner[Any]):
             child.backoff.reset()
         delay = child.backoff.next_delay()
         child.restart_at = now + delay
-        logger.error("Worker process for %s exited with code %s; restarting it in %.1fs",
-                     child.name, code, delay)  # fmt: skip
+        logger.error(
+            "Worker process for %s exited with code %s; restarting it in %.1fs",
+            child.name,
+            code,
+            delay,
+        )
 
     def _collect_errors(self) -> None:
         while True:
@@ -299,8 +309,15 @@ def _child_main(
         host, port, unhealthy_after = serve
         metrics = serve_metrics(port, host, unhealthy_after)[0]
     # A runner, like the in-process ones: an error stops it unless FOLLOWER_ERRORS says else.
-    worker = Worker(system, [name], env, poll_interval=poll_interval, transport=transport,
-                    metrics=metrics, errors=IN_PROCESS_DEFAULT)  # fmt: skip
+    worker = Worker(
+        system,
+        [name],
+        env,
+        poll_interval=poll_interval,
+        transport=transport,
+        metrics=metrics,
+        errors=IN_PROCESS_DEFAULT,
+    )
     handle_stop_signals(worker.stop)
     try:
         worker.run()

@@ -34,10 +34,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Start a throwaway PostgreSQL and Redis on 127.0.0.1 and write settings "
         "for applications and workers to a file of export lines.",
     )
-    parser.add_argument("--env-file", type=Path, default=Path("servers.env"),
-                        help="where to write the settings (default servers.env)")  # fmt: skip
-    parser.add_argument("--dbname", default="eventsourcing",
-                        help="the database to create (default eventsourcing)")  # fmt: skip
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=Path("servers.env"),
+        help="where to write the settings (default servers.env)",
+    )
+    parser.add_argument(
+        "--dbname", default="eventsourcing", help="the database to create (default eventsourcing)"
+    )
     args = parser.parse_args(argv)
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -62,8 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         partial = args.env_file.with_name(args.env_file.name + ".partial")
         partial.write_text(text)
         partial.replace(args.env_file)  # whole or absent: a reader never sees half of it
-        print(f"{text}Wrote these settings to {args.env_file}; Ctrl-C stops the servers.",
-              flush=True)  # fmt: skip
+        print(
+            f"{text}Wrote these settings to {args.env_file}; Ctrl-C stops the servers.", flush=True
+        )
         stopping.wait()
     return 0
 

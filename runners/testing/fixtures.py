@@ -189,9 +189,15 @@ def run_system(
                 redis: RedisServer = request.getfixturevalue("redis_server")
                 servers["redis_url"] = stack.enter_context(redis.empty_database())
             running = start_system(
-                system, runner, backend, transport, env=env, folder=next(folders),
-                poll_interval=poll_interval, **servers,
-            )  # fmt: skip
+                system,
+                runner,
+                backend,
+                transport,
+                env=env,
+                folder=next(folders),
+                poll_interval=poll_interval,
+                **servers,
+            )
             stack.callback(running.stop)  # before its database is dropped
             return running
 

@@ -112,11 +112,22 @@ class LocalRedis(LocalServer, RedisServer):
     def resume(self) -> None:
         """Start the server (again) and wait until it listens."""
         self._process = subprocess.Popen(
-            [str(self.executable), "--bind", "127.0.0.1", "--port", str(self.port),
-             "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+            [
+                str(self.executable),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         wait_for_port("127.0.0.1", self.port, timeout=15)
 
     def halt(self) -> None:
